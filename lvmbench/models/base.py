@@ -1,0 +1,170 @@
+"""The interface every latent variable model implements, and shared building blocks.
+
+A model is an ``nn.Module`` that hands out ``torch.distributions`` objects:
+
+* ``prior()``         p(z)
+* ``likelihood(z)``   p_theta(x | z)
+* ``encoder(x)``      q_phi(z | x)
+* ``log_marginal(x)`` exact log p(x), and ``posterior(x)`` exact p(z | x), where tractable.
+
+Parameters are split into the decoder group theta (everything the generative model
+uses) and the encoder group phi (the module ``self.encoder_net``), so gradient
+estimators can treat them separately.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, NamedTuple, Sequence
+
+import torch
+from torch import Tensor, nn
+from torch.distributions import Distribution, constraints
+
+
+class LogWeights(NamedTuple):
+    """Importance log-weights of K samples per data point, each term shaped (K, B).
+
+    log w = log p(z) + log p(x|z) - log r(z), with r the proposal (the encoder or the prior).
+    """
+
+    z: Tensor
+    log_pz: Tensor
+    log_px_z: Tensor
+    log_rz: Tensor
+
+    @property
+    def log_w(self) -> Tensor:
+        return self.log_pz + self.log_px_z - self.log_rz  # (K, B)
+
+
+class LatentVariableModel(nn.Module):
+    """Base class: subclasses define ``prior``, ``likelihood``, ``encoder`` and may define
+    ``log_marginal``/``posterior`` (then set ``exact = True``)."""
+
+    exact: bool = False
+    #: sizes of the latent groups (stochastic layers), for active-unit counts
+    latent_sizes: tuple[int, ...] = ()
+
+    def prior(self) -> Distribution:
+        raise NotImplementedError
+
+    def likelihood(self, z: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def encoder(self, x: Tensor) -> Distribution:
+        raise NotImplementedError
+
+    def log_marginal(self, x: Tensor) -> Tensor:
+        raise NotImplementedError(f"{type(self).__name__} has no exact log p(x)")
+
+    def posterior(self, x: Tensor) -> Distribution:
+        raise NotImplementedError(f"{type(self).__name__} has no exact posterior")
+
+    def init_from_data(self, x_train: Tensor) -> None:
+        """Data-dependent initialisation (e.g. Burda's output bias); default: none."""
+
+    def forward(self, x: Tensor, z: Tensor) -> Tensor:
+        """log q_phi(z|x). Being ``forward`` lets ``torch.func.functional_call`` evaluate it
+        with phi swapped for detached copies (see :meth:`encoder_log_prob_stopped`)."""
+        return self.encoder(x).log_prob(z)
+
+    # parameter groups --------------------------------------------------------------
+    def encoder_parameters(self) -> list[nn.Parameter]:
+        """phi: the inference network's parameters."""
+        return [p for p in self.encoder_net.parameters() if p.requires_grad]
+
+    def decoder_parameters(self) -> list[nn.Parameter]:
+        """theta: every other trainable parameter."""
+        phi = {id(p) for p in self.encoder_net.parameters()}
+        return [p for p in self.parameters() if p.requires_grad and id(p) not in phi]
+
+    def encoder_log_prob_stopped(self, x: Tensor, z: Tensor) -> Tensor:
+        """log q(z|x) with gradients stopped at phi but kept through z (STL, DReG)."""
+        stopped = {f"encoder_net.{n}": p.detach() for n, p in self.encoder_net.named_parameters()}
+        return torch.func.functional_call(self, stopped, (x, z))
+
+    # sampling ----------------------------------------------------------------------
+    @torch.no_grad()
+    def sample(self, n: int) -> tuple[Tensor, Tensor]:
+        """Ancestral sampling: z ~ p(z), then x ~ p(x|z). Returns (z, x)."""
+        z = self.prior().sample((n,))
+        return z, self.likelihood(z).sample()
+
+
+def log_weights(model: LatentVariableModel, x: Tensor, K: int, proposal: str = "encoder",
+                rsample: bool = True) -> LogWeights:
+    """Draw K samples per data point from the proposal and return their log-weights.
+
+    All K samples go through one batched call: z is shaped (K, B, ...).
+    ``proposal="prior"`` is the lecture's naive Monte Carlo, r(z) = p(z).
+    """
+    B = x.shape[0]
+    if proposal == "encoder":
+        r, shape = model.encoder(x), (K,)
+    elif proposal == "prior":
+        r, shape = model.prior(), (K, B)
+    else:
+        raise ValueError(f"unknown proposal {proposal!r}")
+    z = r.rsample(shape) if rsample else r.sample(shape)
+    return LogWeights(z, model.prior().log_prob(z), model.likelihood(z).log_prob(x), r.log_prob(z))
+
+
+def mlp(sizes: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh) -> nn.Sequential:
+    """Linear layers with ``activation`` between them (none after the last),
+    Glorot-uniform weights and zero biases (Burda et al. 2016)."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        linear = nn.Linear(a, b)
+        nn.init.xavier_uniform_(linear.weight)
+        nn.init.zeros_(linear.bias)
+        layers.append(linear)
+        if i < len(sizes) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers)
+
+
+class Chain(Distribution):
+    """A Markov chain of latent groups as one distribution over z = cat(z_1, ..., z_L).
+
+    The density is r(first) * prod_l r(next | previous) in sampling order. ``links[l]``
+    maps the previous group's sample to the next conditional distribution.
+    ``reverse=True`` samples z_L first and stores groups in layer order (the prior of a
+    hierarchical VAE: p(z_2) p(z_1 | z_2)); otherwise z_1 first (the encoder:
+    q(z_1 | x) q(z_2 | z_1)).
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.real_vector
+
+    def __init__(self, first: Distribution, links: Sequence[Callable[[Tensor], Distribution]],
+                 sizes: Sequence[int], reverse: bool = False):
+        self.first, self.links, self.sizes, self.reverse = first, list(links), list(sizes), reverse
+        super().__init__(first.batch_shape, torch.Size([sum(sizes)]), validate_args=False)
+
+    @property
+    def has_rsample(self) -> bool:
+        return self.first.has_rsample
+
+    def _order(self, groups: list[Tensor]) -> list[Tensor]:
+        return groups[::-1] if self.reverse else groups
+
+    def _draw(self, sample_shape: torch.Size, reparam: bool) -> Tensor:
+        draw = (lambda d, s: d.rsample(s)) if reparam else (lambda d, s: d.sample(s))
+        groups = [draw(self.first, sample_shape)]
+        for link in self.links:
+            groups.append(draw(link(groups[-1]), torch.Size()))
+        return torch.cat(self._order(groups), dim=-1)
+
+    def rsample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        return self._draw(torch.Size(sample_shape), reparam=True)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return self._draw(torch.Size(sample_shape), reparam=False)
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        groups = self._order(list(value.split(self.sizes, dim=-1)))
+        total = self.first.log_prob(groups[0])
+        for link, prev, cur in zip(self.links, groups[:-1], groups[1:]):
+            total = total + link(prev).log_prob(cur)
+        return total
