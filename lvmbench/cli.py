@@ -1,6 +1,7 @@
 """The ``lvmbench`` command line: one entry point that every pipeline rule calls.
 
     lvmbench list                      registries and each entry's declared capabilities
+    lvmbench prepare DATASET           download (if needed) and verify a dataset
     lvmbench plan CONFIG               the valid cells of a pipeline config and the skipped ones
     lvmbench train --cell CELL --out RUN
     lvmbench evaluate RUN              large-K log p(x), bound curve, exact log p(x), active units
@@ -31,6 +32,9 @@ def _ints(text: str) -> list[int]:
 
 
 def _read_config(path: str) -> dict:
+    """A YAML/JSON config file, or JSON text (JSON is YAML too)."""
+    if path.lstrip().startswith("{"):
+        return json.loads(path)
     p = Path(path)
     if not p.exists():
         raise LvmbenchError(f"config file {p} does not exist")
@@ -67,6 +71,19 @@ def cmd_list(args: argparse.Namespace) -> None:
             print(f"  {name:16s} {c['doc']}\n  {'':16s} [{caps(c)}]")
 
 
+def cmd_prepare(args: argparse.Namespace) -> None:
+    from lvmbench.data import load_dataset
+    from lvmbench.io import save_json
+
+    options = json.loads(args.options) if args.options else {}
+    data = load_dataset(args.dataset, args.data_dir, **options)
+    info = {"dataset": data.name, "n_train": int(data.train.shape[0]), "n_test": int(data.test.shape[0]),
+            "dim": data.dim, "kind": data.kind, "binarize": data.binarize}
+    if args.out:
+        save_json(info, args.out)
+    print(json.dumps(info))
+
+
 def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
@@ -86,7 +103,7 @@ def cmd_train(args: argparse.Namespace) -> None:
     from lvmbench.config import Cell
     from lvmbench.train import train
 
-    text = Path(args.cell).read_text() if Path(args.cell).is_file() else args.cell
+    text = args.cell if args.cell.lstrip().startswith("{") or not Path(args.cell).is_file() else Path(args.cell).read_text()
     try:
         spec = json.loads(text)
     except json.JSONDecodeError as err:
@@ -142,14 +159,17 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
         s = cell.gradvar
         names = args.estimators or list(s.estimators) or [
             e.name for e in ESTIMATORS
-            if why_invalid(cell.model_name, cell.objective_name, cell.K, e.name) is None]
+            if why_invalid(cell.model_name, cell.objective_name, cell.K, e.name,
+                           objective_options=cell.objective_options) is None]
         device = next(model.parameters()).device
         x = data.train[: args.batch_size or s.batch_size].to(device)
         if data.binarize == "dynamic":
             x = binarize(x, torch.Generator(device=device).manual_seed(s.seed))
         objective = make_objective(cell.objective_name, **cell.objective_options)
+        trained_state = torch.load(snap, map_location="cpu", weights_only=False).get("estimator")
         df = gradient_variance(model, objective, cell.model_name, x, cell.K, names, args.draws or s.draws,
-                               seed=s.seed, progress=not args.quiet)
+                               seed=s.seed, progress=not args.quiet,
+                               estimator_states={cell.estimator_name: trained_state})
         step = int(snap.stem.removeprefix("step"))
         frames.append(df.assign(step=step, cell=cell.id, experiment=cell.experiment, dataset=cell.dataset,
                                 model=cell.model, trained_objective=cell.objective,
@@ -180,10 +200,19 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="machine-readable output")
     s.set_defaults(func=cmd_list)
 
+    s = sub.add_parser("prepare", help="download (if needed) and verify a dataset",
+                       description="Load a dataset once: download from its mirrors if missing (unless "
+                                   "LVMBENCH_OFFLINE=1), verify checksums, and print its shapes.")
+    s.add_argument("dataset", help="dataset name (see lvmbench list)")
+    s.add_argument("--data-dir", help="data directory (default: $LVMBENCH_DATA or ~/.cache/lvmbench)")
+    s.add_argument("--options", help="dataset options as JSON text")
+    s.add_argument("--out", help="write the dataset's shapes to this JSON file")
+    s.set_defaults(func=cmd_prepare)
+
     s = sub.add_parser("plan", help="the cells a pipeline config runs, and the skipped combinations",
                        description="Expand a pipeline config into valid cells (printed one id per line) "
                                    "and skipped combinations with their reasons.")
-    s.add_argument("config", help="pipeline config YAML (see config/README.md)")
+    s.add_argument("config", help="pipeline config: a YAML file or JSON text (see config/README.md)")
     s.add_argument("--skipped", help="write the skipped combinations and reasons to this CSV")
     s.set_defaults(func=cmd_plan)
 

@@ -118,11 +118,13 @@ class Cell:
     objective: str
     objective_name: str
     K: int
-    estimator: str
+    estimator: str  # label in the config; ``estimator_name`` is the registry entry
     seed: int
+    estimator_name: str = ""
     dataset_options: dict = field(default_factory=dict)
     model_options: dict = field(default_factory=dict)
     objective_options: dict = field(default_factory=dict)
+    estimator_options: dict = field(default_factory=dict)
     train: TrainSettings = TrainSettings()
     eval: EvalSettings = EvalSettings()
     gradvar: GradvarSettings = GradvarSettings()
@@ -142,6 +144,9 @@ class Cell:
     @classmethod
     def from_dict(cls, d: dict) -> "Cell":
         d = dict(d)
+        for axis in ("model", "objective", "estimator"):  # the registry name defaults to the label
+            if not d.get(f"{axis}_name") and axis in d:
+                d[f"{axis}_name"] = d[axis]
         d["train"] = build_settings(TrainSettings, d.get("train"), "train")
         d["eval"] = build_settings(EvalSettings, _tuples(d.get("eval")), "eval")
         d["gradvar"] = build_settings(GradvarSettings, _tuples(d.get("gradvar")), "gradvar")
@@ -176,6 +181,7 @@ EXPERIMENT_KEYS = {"datasets", "models", "objectives", "K", "estimators", "seeds
 def plan(config: dict) -> tuple[list[Cell], list[dict]]:
     """Expand ``config["experiments"]`` into valid cells and skipped combinations with reasons."""
     from lvmbench.data import DATASETS
+    from lvmbench.estimators import ESTIMATORS
     from lvmbench.models import MODELS
     from lvmbench.objectives import make_objective
 
@@ -195,8 +201,11 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
             raise LvmbenchError(f"{where}: missing key(s) {sorted(missing)}")
         models = _labelled(axes["models"], "model", f"{where}.models")
         objectives = _labelled(axes["objectives"], "objective", f"{where}.objectives")
+        estimators = _labelled(axes["estimators"], "estimator", f"{where}.estimators")
         for label, (name, _) in models.items():
             MODELS[name]
+        for label, (name, _) in estimators.items():
+            ESTIMATORS[name]
         for label, (name, opts) in objectives.items():
             make_objective(name, **opts)
         for d in axes["datasets"]:
@@ -210,17 +219,18 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
             "eval": {**config.get("eval", {}), **axes.get("eval", {})},
             "gradvar": {**config.get("gradvar", {}), **axes.get("gradvar", {})},
         }
-        for dataset, (m_label, (m_name, m_opts)), (o_label, (o_name, o_opts)), K, est, seed in itertools.product(
-                axes["datasets"], models.items(), objectives.items(), axes["K"], axes["estimators"],
-                axes.get("seeds", [0])):
-            reason = why_invalid(m_name, o_name, K, est, dataset=dataset, objective_options=o_opts)
+        for dataset, (m_label, (m_name, m_opts)), (o_label, (o_name, o_opts)), K, (e_label, (e_name, e_opts)), \
+                seed in itertools.product(axes["datasets"], models.items(), objectives.items(), axes["K"],
+                                          estimators.items(), axes.get("seeds", [0])):
+            reason = why_invalid(m_name, o_name, K, e_name, dataset=dataset, objective_options=o_opts)
             row = {"experiment": exp, "dataset": dataset, "model": m_label, "objective": o_label, "K": K,
-                   "estimator": est, "seed": seed}
+                   "estimator": e_label, "seed": seed}
             if reason is not None:
                 skipped.append({**row, "reason": reason})
                 continue
             cells.append(Cell.from_dict({
-                **row, "model_name": m_name, "objective_name": o_name,
+                **row, "model_name": m_name, "objective_name": o_name, "estimator_name": e_name,
+                "estimator_options": e_opts,
                 "dataset_options": dict(axes.get("dataset_options", {}).get(dataset, {})),
                 "model_options": m_opts, "objective_options": o_opts, **shared,
                 "data_dir": config.get("data_dir"), "device": config.get("device", "auto")}))

@@ -18,7 +18,7 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvmbench.estimators import ESTIMATORS, bias_reason, gradients
+from lvmbench.estimators import bias_reason, gradients, make_estimator
 from lvmbench.exact import exact_gradients
 from lvmbench.models.base import LatentVariableModel
 from lvmbench.objectives import Objective
@@ -63,29 +63,35 @@ def _summary(acc: Welford, sq_err: Tensor | None, exact: Tensor | None) -> dict:
 
 
 def gradient_variance(model: LatentVariableModel, objective: Objective, model_name: str, x: Tensor, K: int,
-                      estimators: list[str], draws: int = 100, seed: int = 0,
-                      progress: bool = True) -> pd.DataFrame:
+                      estimators: list[str], draws: int = 100, seed: int = 0, progress: bool = True,
+                      estimator_states: dict[str, dict] | None = None) -> pd.DataFrame:
     """One row per (estimator, parameter group): SNR, variance, and bias/MSE where exact.
 
     Estimators that cannot run on this model/objective/K are left out with their reason
-    in the ``skipped`` column of a row of NaNs.
+    in the ``skipped`` column of a row of NaNs. Stateful estimators run in ``eval()``
+    mode (their statistics frozen), with trained state from ``estimator_states`` if given.
     """
     theta, phi = model.decoder_parameters(), model.encoder_parameters()
     exact = exact_gradients(model, objective, x, K)
     exact_flat = (_flat(exact[0]), _flat(exact[1])) if exact is not None else (None, None)
     rows = []
     for name in estimators:
-        reason = why_invalid(model_name, objective.name, K, name)
+        reason = why_invalid(model_name, objective.name, K, name, objective_options=objective.options())
         base = {"estimator": name, "objective": objective.name, "K": K, "draws": draws,
                 "biased": bias_reason(name, objective, K) if reason is None else None, "skipped": reason}
         if reason is not None:
             rows += [{**base, "group": g} for g in ("decoder", "encoder")]
             continue
+        estimator = make_estimator(name, x.shape[-1])
+        if isinstance(estimator, torch.nn.Module):
+            if (estimator_states or {}).get(name) is not None:
+                estimator.load_state_dict(estimator_states[name])
+            estimator.to(x.device).eval()
         torch.manual_seed(seed)
         accs = [Welford(sum(p.numel() for p in ps), x.device) for ps in (theta, phi)]
         sq_err = [torch.zeros_like(a.mean) for a in accs]
         for _ in tqdm(range(draws), desc=f"gradvar {name}", disable=not progress, leave=False):
-            parts = ESTIMATORS[name].obj(model, objective, x, K)
+            parts = estimator(model, objective, x, K)
             for i, g in enumerate(map(_flat, gradients(parts, theta, phi))):
                 accs[i].update(g)
                 if exact_flat[i] is not None:

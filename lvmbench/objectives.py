@@ -83,6 +83,10 @@ class Objective:
     def encoder_terms(self, K: int) -> Terms:
         return [(self.M, 1.0)] if self.name == "piwae" else self.decoder_terms(K)
 
+    def options(self) -> dict:
+        """The options this objective was made with (for :func:`make_objective`)."""
+        return {k: v for k, v in (("M", self.M), ("beta", self.beta)) if v is not None}
+
     def shared(self, K: int) -> bool:
         """True when decoder and encoder ascend the same bound (all but piwae)."""
         return self.decoder_terms(K) == self.encoder_terms(K)

@@ -110,6 +110,12 @@ def why_invalid(
         return f"estimator {estimator} supports objectives {', '.join(e['objectives'])}, not {objective}"
     if e["requires_rsample"] and not m["reparameterizable"]:
         return f"estimator {estimator} needs reparameterizable latents; model {model} has {m['latent']} latents"
+    if e["needs_model"] and not any(m[cap] for cap in e["needs_model"]):
+        return f"estimator {estimator} needs a model that is {' or '.join(e['needs_model'])}; {model} is not"
+    if m["deterministic"] and "straight_through" not in e["needs_model"]:
+        return f"model {model} has a deterministic (quantizing) encoder; only straight-through estimators train it"
+    if m["deterministic"] and K != 1:
+        return f"model {model} has a deterministic encoder, so only K=1 runs"
     if K < e["min_K"]:
         return f"estimator {estimator} needs K >= {e['min_K']}, got K={K}"
     if e["max_K"] is not None and K > e["max_K"]:

@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from lvmbench.config import Cell
 from lvmbench.data import Dataset, binarize, load_dataset
-from lvmbench.estimators import ESTIMATORS, gradients
+from lvmbench.estimators import baseline_gradients, gradients, make_estimator
 from lvmbench.io import save_csv, save_json, save_torch
 from lvmbench.models import LatentVariableModel, build_model
 from lvmbench.objectives import make_objective
@@ -77,7 +77,7 @@ def snapshot_steps(cell: Cell, n_train: int) -> list[int]:
 def setup(cell: Cell, device: torch.device | None = None) -> tuple[Dataset, LatentVariableModel, torch.device]:
     """Load the cell's data and build its model on the device (the same for train,
     evaluate and gradvar). The model is initialised from the training data, seeded."""
-    reason = why_invalid(cell.model_name, cell.objective_name, cell.K, cell.estimator, dataset=cell.dataset,
+    reason = why_invalid(cell.model_name, cell.objective_name, cell.K, cell.estimator_name, dataset=cell.dataset,
                          objective_options=cell.objective_options)
     if reason:
         raise LvmbenchError(f"cell {cell.id}: {reason}")
@@ -116,10 +116,14 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
     x_train = data.train.to(device)  # resident on the device for the whole run
     n = x_train.shape[0]
     objective = make_objective(cell.objective_name, **cell.objective_options)
-    estimator = ESTIMATORS[cell.estimator].obj
+    estimator = make_estimator(cell.estimator_name, data.dim, **cell.estimator_options)
+    stateful = isinstance(estimator, torch.nn.Module)
+    if stateful:
+        estimator.to(device)
     theta, phi = model.decoder_parameters(), model.encoder_parameters()
+    psi = list(estimator.parameters()) if stateful else []  # the estimator's own (e.g. NVIL's baseline)
     t = cell.train
-    opt = torch.optim.Adam(theta + phi, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
+    opt = torch.optim.Adam(theta + phi + psi, lr=t.lr, betas=(t.adam_beta1, t.adam_beta2), eps=t.adam_eps)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cell, n, s))
     gen = torch.Generator(device=device).manual_seed(cell.seed)
     steps, snaps = total_steps(cell, n), snapshot_steps(cell, n)
@@ -128,6 +132,8 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
     state = _load_checkpoint(out / "checkpoint.pt", cell)
     if state is not None:
         model.load_state_dict(state["model"])
+        if stateful:
+            estimator.load_state_dict(state["estimator"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
         step, rows, elapsed, order = state["step"], state["rows"], state["elapsed"], state["order"].to(device)
@@ -138,6 +144,7 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
 
     def checkpoint() -> None:
         save_torch({"cell": cell.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
+                    "estimator": estimator.state_dict() if stateful else None,
                     "scheduler": sched.state_dict(), "step": step, "rows": rows, "elapsed": elapsed,
                     "order": order.cpu(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
@@ -146,7 +153,8 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
 
     def snapshot() -> None:
         if step in snaps:
-            save_torch({"cell": cell.to_dict(), "model": model.state_dict(), "step": step},
+            save_torch({"cell": cell.to_dict(), "model": model.state_dict(), "step": step,
+                        "estimator": estimator.state_dict() if stateful else None},
                        out / "snapshots" / f"step{step:08d}.pt")
 
     snapshot()
@@ -161,12 +169,12 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
         if data.binarize == "dynamic":
             xb = binarize(xb, gen)
         parts = estimator(model, objective, xb, cell.K)
-        g_theta, g_phi = gradients(parts, theta, phi)
+        grads = [*sum(gradients(parts, theta, phi), []), *baseline_gradients(parts, psi)]
         bound = parts.bound.mean()
-        if not torch.isfinite(bound) or not all(torch.isfinite(g).all() for g in g_theta + g_phi):
+        if not torch.isfinite(bound) or not all(torch.isfinite(g).all() for g in grads):
             what = "loss" if not torch.isfinite(bound) else "gradient"
             raise NonFiniteError(f"cell {cell.id}: non-finite {what} at step {step + 1}")
-        for p, g in zip(theta + phi, g_theta + g_phi):
+        for p, g in zip(theta + phi + psi, grads):
             p.grad = -g  # ascend the bound
         opt.step()
         sched.step()
@@ -184,6 +192,9 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
             checkpoint()
         snapshot()
     bar.close()
+    if state is None or state["step"] < steps:  # data-dependent parts fitted after training (VQ-VAE code prior)
+        model.after_training(x_train)
+        checkpoint()
     summary = {"cell": cell.id, "steps": step, "final_bound": rows[-1][2] if rows else math.nan,
                "wall_time": elapsed, "device": str(device),
                "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"}

@@ -63,6 +63,9 @@ class LatentVariableModel(nn.Module):
     def init_from_data(self, x_train: Tensor) -> None:
         """Data-dependent initialisation (e.g. Burda's output bias); default: none."""
 
+    def after_training(self, x_train: Tensor) -> None:
+        """Fit parts that need the trained model (e.g. VQ-VAE's sampling prior); default: none."""
+
     def forward(self, x: Tensor, z: Tensor) -> Tensor:
         """log q_phi(z|x). Being ``forward`` lets ``torch.func.functional_call`` evaluate it
         with phi swapped for detached copies (see :meth:`encoder_log_prob_stopped`)."""
@@ -91,15 +94,19 @@ class LatentVariableModel(nn.Module):
         return z, self.likelihood(z).sample()
 
 
-def log_weights(model: LatentVariableModel, x: Tensor, K: int, proposal: str = "encoder",
+def log_weights(model: LatentVariableModel, x: Tensor, K: int, proposal: str | Distribution = "encoder",
                 rsample: bool = True) -> LogWeights:
     """Draw K samples per data point from the proposal and return their log-weights.
 
     All K samples go through one batched call: z is shaped (K, B, ...).
-    ``proposal="prior"`` is the lecture's naive Monte Carlo, r(z) = p(z).
+    ``proposal="prior"`` is the lecture's naive Monte Carlo, r(z) = p(z). A ``Distribution``
+    with batch shape (B,) is used as r itself (e.g. per-datapoint q_i in
+    :mod:`lvmbench.amortization`).
     """
     B = x.shape[0]
-    if proposal == "encoder":
+    if isinstance(proposal, Distribution):
+        r, shape = proposal, (K,)
+    elif proposal == "encoder":
         r, shape = model.encoder(x), (K,)
     elif proposal == "prior":
         r, shape = model.prior(), (K, B)

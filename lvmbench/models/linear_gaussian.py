@@ -10,6 +10,10 @@ depend on x, so the encoder family contains the exact posterior.
 With ``decoder="identity"`` (W = I, c = 0, sigma = 1, only mu learned) and a fixed
 ``q_scale = sqrt(2/3)`` this is Rainforth et al.'s toy: x ~ N(mu, 2I), optimum
 A = I/2, b = mu/2.
+
+``flow={"type": "iaf", ...}`` pushes q through an inverse autoregressive flow conditioned
+on x (:mod:`lvmbench.models.flow`); q is then no longer Gaussian, so the closed-form
+``exact_elbo`` and ``set_encoder_to_posterior`` refuse (NotImplementedError).
 """
 
 from __future__ import annotations
@@ -18,9 +22,10 @@ import math
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Independent, MultivariateNormal, Normal, constraints, transform_to
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints, transform_to
 
 from lvmbench.models.base import LatentVariableModel
+from lvmbench.models.flow import build_flow
 
 
 class _AffineGaussianEncoder(nn.Module):
@@ -45,7 +50,7 @@ class LinearGaussian(LatentVariableModel):
     exact = True
 
     def __init__(self, x_dim: int, z_dim: int | None = None, decoder: str = "identity",
-                 q_scale: float | None = math.sqrt(2 / 3)):
+                 q_scale: float | None = math.sqrt(2 / 3), flow: dict | None = None):
         super().__init__()
         z_dim = z_dim or x_dim
         if decoder == "identity" and z_dim != x_dim:
@@ -60,6 +65,7 @@ class LinearGaussian(LatentVariableModel):
         self.c = nn.Parameter(torch.zeros(x_dim), requires_grad=learn)
         self.log_sigma = nn.Parameter(torch.zeros(()), requires_grad=learn)
         self.encoder_net = _AffineGaussianEncoder(x_dim, z_dim, q_scale)
+        self.encoder_net.flow = build_flow(flow, z_dim, context_dim=x_dim)  # None: plain Gaussian q
 
     def init_from_data(self, x_train: Tensor) -> None:
         with torch.no_grad():
@@ -73,9 +79,14 @@ class LinearGaussian(LatentVariableModel):
         loc = z @ self.W.T + self.c
         return Independent(Normal(loc, self.log_sigma.exp().expand_as(loc)), 1)
 
-    def encoder(self, x: Tensor) -> MultivariateNormal:
+    def encoder(self, x: Tensor) -> Distribution:
         e = self.encoder_net
-        return MultivariateNormal(x @ e.A.T + e.b, scale_tril=e.scale_tril)
+        q = MultivariateNormal(x @ e.A.T + e.b, scale_tril=e.scale_tril)
+        return q if e.flow is None else e.flow(q, x)
+
+    def _refuse_flow(self, what: str) -> None:
+        if self.encoder_net.flow is not None:
+            raise NotImplementedError(f"{what} needs the plain Gaussian encoder; this model has a flow encoder")
 
     def log_marginal(self, x: Tensor) -> Tensor:
         var = self.log_sigma.exp() ** 2
@@ -94,7 +105,8 @@ class LinearGaussian(LatentVariableModel):
 
     @torch.no_grad()
     def set_encoder_to_posterior(self) -> None:
-        """Make q(z|x) the exact posterior p(z|x) for every x."""
+        """Make q(z|x) the exact posterior p(z|x) for every x (plain Gaussian encoder only)."""
+        self._refuse_flow("set_encoder_to_posterior")
         A, b, S = self._posterior_affine()
         e = self.encoder_net
         e.A.copy_(A)
@@ -106,7 +118,9 @@ class LinearGaussian(LatentVariableModel):
 
         With q = N(m, S):  E_q log N(z; mu, I) = -d/2 log 2pi - (|m - mu|^2 + tr S)/2,
         E_q log N(x; Wz + c, s^2 I) = -D/2 log 2pi s^2 - (|x - Wm - c|^2 + tr(W S W^T)) / (2 s^2).
+        Raises NotImplementedError with a flow encoder (q is not Gaussian then).
         """
+        self._refuse_flow("the closed-form exact_elbo")
         q = self.encoder(x)
         m, S = q.loc, q.covariance_matrix
         d, D = self.mu.shape[0], self.c.shape[0]

@@ -7,6 +7,10 @@
 Hidden units are tanh; each Gaussian layer outputs (mean, log std), std = exp(linear).
 Weights are Glorot-uniform, biases zero, and the output bias is
 logit(mean training pixel clipped to [0.001, 0.999]).
+
+``flow={"type": "iaf", ...}`` (1 stochastic layer only) makes q(z|x) an inverse
+autoregressive flow on the Gaussian, conditioned on the encoder's last hidden layer
+(see :mod:`lvmbench.models.flow`); its parameters belong to phi (``encoder_net``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
 from lvmbench.models.base import Chain, LatentVariableModel, mlp
+from lvmbench.models.flow import build_flow
 
 #: Burda et al.'s architectures, by number of stochastic layers: (hidden sizes per layer, latent sizes)
 BURDA_ARCHITECTURES = {
@@ -25,32 +30,40 @@ BURDA_ARCHITECTURES = {
 
 
 class GaussianLayer(nn.Module):
-    """h -> N(mean(h), exp(log_std(h))) with an MLP trunk, as an Independent Normal."""
+    """h -> N(mean(h), exp(log_std(h))) with an MLP trunk, as an Independent Normal;
+    with ``flow``, that Gaussian pushed through the flow conditioned on the trunk's output."""
 
-    def __init__(self, sizes: list[int], out: int):
+    def __init__(self, sizes: list[int], out: int, flow: dict | None = None):
         super().__init__()
         self.net = nn.Sequential(mlp(sizes), nn.Tanh(), *mlp([sizes[-1], 2 * out]))
+        self.flow = build_flow(flow, out, context_dim=sizes[-1])
 
-    def forward(self, h: Tensor) -> Independent:
-        mean, log_std = self.net(h).chunk(2, dim=-1)
-        return Independent(Normal(mean, log_std.exp()), 1)
+    def forward(self, h: Tensor) -> Distribution:
+        if self.flow is None:
+            mean, log_std = self.net(h).chunk(2, dim=-1)
+            return Independent(Normal(mean, log_std.exp()), 1)
+        features = self.net[:-1](h)  # the trunk's last tanh layer: the flow's context
+        mean, log_std = self.net[-1](features).chunk(2, dim=-1)
+        return self.flow(Independent(Normal(mean, log_std.exp()), 1), features)
 
 
 class VAE(LatentVariableModel):
     """Bernoulli VAE with Gaussian latents, 1 or 2 stochastic layers (Burda et al. 2016)."""
 
     def __init__(self, x_dim: int, layers: int = 1, hidden: list[list[int]] | None = None,
-                 latent: list[int] | None = None):
+                 latent: list[int] | None = None, flow: dict | None = None):
         super().__init__()
         if layers not in BURDA_ARCHITECTURES:
             raise ValueError(f"layers must be 1 or 2, got {layers!r}")
+        if flow is not None and layers != 1:
+            raise ValueError(f"flow encoder supports 1 stochastic layer, got layers={layers}")
         default_hidden, default_latent = BURDA_ARCHITECTURES[layers]
         hidden, latent = hidden or default_hidden, latent or default_latent
         if len(hidden) != layers or len(latent) != layers:
             raise ValueError(f"hidden and latent need one entry per stochastic layer ({layers})")
         self.latent_sizes = tuple(latent)
         inputs = [x_dim, *latent[:-1]]  # what each stochastic layer is computed from
-        self.encoder_net = nn.ModuleList(GaussianLayer([i, *h], z) for i, h, z in zip(inputs, hidden, latent))
+        self.encoder_net = nn.ModuleList(GaussianLayer([i, *h], z, flow) for i, h, z in zip(inputs, hidden, latent))
         # p(z_l | z_{l+1}) for l < L, mirrored sizes
         self.decoder_latents = nn.ModuleList(
             GaussianLayer([latent[l + 1], *hidden[l + 1][::-1]], latent[l]) for l in range(layers - 1))
