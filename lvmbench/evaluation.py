@@ -22,7 +22,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvmbench.data import binarize
-from lvmbench.models.base import LatentVariableModel, log_weights
+from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights
 from lvmbench.registry import LvmbenchError
 
 
@@ -101,7 +101,7 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
     model.eval()
     fork_devices = [x.device] if x.device.type == "cuda" else []
     bounds, ess, exact = [], [], []
-    with torch.random.fork_rng(devices=fork_devices):
+    with torch.random.fork_rng(devices=fork_devices), fast_distributions():
         torch.manual_seed(seed)
         for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", disable=not progress, unit="batch"):
             xb = x[start:start + batch_size]

@@ -20,7 +20,7 @@ from tqdm.auto import tqdm
 
 from lvmbench.estimators import bias_reason, gradients, make_estimator
 from lvmbench.exact import exact_gradients
-from lvmbench.models.base import LatentVariableModel
+from lvmbench.models.base import LatentVariableModel, fast_distributions
 from lvmbench.objectives import Objective
 from lvmbench.registry import why_invalid
 
@@ -91,7 +91,8 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
         accs = [Welford(sum(p.numel() for p in ps), x.device) for ps in (theta, phi)]
         sq_err = [torch.zeros_like(a.mean) for a in accs]
         for _ in tqdm(range(draws), desc=f"gradvar {name}", disable=not progress, leave=False):
-            parts = estimator(model, objective, x, K)
+            with fast_distributions():
+                parts = estimator(model, objective, x, K)
             for i, g in enumerate(map(_flat, gradients(parts, theta, phi))):
                 accs[i].update(g)
                 if exact_flat[i] is not None:

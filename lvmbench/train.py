@@ -24,6 +24,7 @@ from lvmbench.data import Dataset, binarize, load_dataset
 from lvmbench.estimators import baseline_gradients, gradients, make_estimator
 from lvmbench.io import save_csv, save_json, save_torch
 from lvmbench.models import LatentVariableModel, build_model
+from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import make_objective
 from lvmbench.registry import LvmbenchError, why_invalid
 
@@ -168,7 +169,8 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
         xb = x_train[idx]
         if data.binarize == "dynamic":
             xb = binarize(xb, gen)
-        parts = estimator(model, objective, xb, cell.K)
+        with fast_distributions():
+            parts = estimator(model, objective, xb, cell.K)
         grads = [*sum(gradients(parts, theta, phi), []), *baseline_gradients(parts, psi)]
         bound = parts.bound.mean()
         if not torch.isfinite(bound) or not all(torch.isfinite(g).all() for g in grads):

@@ -154,5 +154,5 @@ class CatVAE(EnumerableLatents):
     def latent_states(self) -> Tensor:
         N, C = self.shape
         idx = torch.tensor(list(itertools.product(range(C), repeat=N)), device=self.prior_logits.device)
-        return torch.nn.functional.one_hot(idx, C).float()  # (C^N, N, C)
+        return torch.nn.functional.one_hot(idx, C).to(self.prior_logits.dtype)  # (C^N, N, C)
 

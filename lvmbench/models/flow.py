@@ -121,7 +121,6 @@ class IAFTransform(Transform):
     domain = constraints.real_vector
     codomain = constraints.real_vector
     bijective = True
-    sign = +1
 
     def __init__(self, made: MADE, context: Tensor | None = None):
         super().__init__(cache_size=0)  # caching is done below, gradient-safely
@@ -195,7 +194,8 @@ def build_flow(spec: dict | None, dim: int, context_dim: int) -> IAF | None:
     if spec is None:
         return None
     if not isinstance(spec, dict):
-        raise ValueError(f"flow must be a mapping like {{'type': 'iaf', 'layers': 2, 'hidden': 64}} or null, got {spec!r}")
+        raise ValueError("flow must be a mapping like {'type': 'iaf', 'layers': 2, 'hidden': 64} or null, "
+                         f"got {spec!r}")
     allowed = {"type", "layers", "hidden", "context"}
     unknown = set(spec) - allowed
     if unknown:

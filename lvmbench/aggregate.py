@@ -1,0 +1,269 @@
+"""Collect run directories into tidy results tables (CSV, Markdown, LaTeX).
+
+``aggregate(runs, out)`` reads each run's cell.json, train.json, eval.json and
+gradvar.csv and writes into ``out``:
+
+* ``summary.csv``: one row per run (a run not yet evaluated keeps a row of NaNs),
+  with a ``status`` column: ``ok``, ``not trained`` (no train.json), ``not evaluated``
+  (no eval.json) or ``non-finite log p(x)``. Only ``ok`` rows enter the grouped tables.
+* ``bound_curve.csv``: the bound curve L_k in long format (cell, k, mean, se).
+* ``summary_grouped.csv``, ``summary.md``, ``summary.tex``: mean and standard deviation
+  over seeds of test log p(x) and NLL = -log p(x), exact log p(x), active units.
+* ``ordering.csv`` / ``ordering.md`` (one row per evaluated run) and ``ordering_checks.csv``
+  (every check): the bound-ordering check L_k <= L_k' <= log p(x).
+* ``gradvar.csv`` (every run's rows, skipped estimators kept with their reason) and
+  ``gradvar.md``: SNR and variance at the final snapshot by estimator, K and group.
+* ``skipped.csv`` / ``skipped.md``: the combinations the plan left out, with reasons.
+
+Markdown and LaTeX are written by :func:`render`, so neither tabulate nor jinja2 is needed.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from lvmbench.io import atomic_write, load_json, save_csv
+from lvmbench.registry import LvmbenchError
+
+RUN_KEYS = ["experiment", "dataset", "model", "objective", "K", "estimator", "seed"]
+GROUP_KEYS = RUN_KEYS[:-1]
+SUMMARY_COLUMNS = ["cell", *RUN_KEYS, "model_name", "objective_name", "status", "test_log_px", "test_log_px_se",
+                   "test_nll", "K_eval", "n_test", "exact_log_px", "exact_log_px_se", "ess_mean", "bound_curve",
+                   "active_units", "ordering_passed", "final_train_bound", "steps", "wall_time", "device", "run"]
+INT_COLUMNS = ["K_eval", "n_test", "steps"]  # missing for runs not trained or not evaluated
+GROUPED_COLUMNS = [*GROUP_KEYS, "n_seeds", "log_px_mean", "log_px_sd", "nll_mean", "nll_sd", "exact_log_px_mean",
+                   "exact_log_px_sd", "active_units", "n_excluded"]
+ORDERING_COLUMNS = ["cell", *RUN_KEYS, "passed", "worst_z", "worst", "threshold", "n_checks", "n_failed"]
+CHECK_COLUMNS = ["cell", "lower", "upper", "mean_diff", "se", "z", "passed"]
+CURVE_COLUMNS = ["cell", "k", "mean", "se"]
+SKIPPED_COLUMNS = [*RUN_KEYS, "reason"]
+GRADVAR_METRICS = ["snr_mean", "snr_median", "var_mean", "grad_norm", "bias", "mse"]
+
+
+def _warn(message: str) -> None:
+    print(f"[lvmbench aggregate] {message}", file=sys.stderr)
+
+
+def read_cell(run: str | Path) -> dict:
+    """The run's cell.json as a dict with its ``cell`` id and ``run`` path added."""
+    path = Path(run) / "cell.json"
+    if not path.exists():
+        raise LvmbenchError(f"{run} is not a run directory: no cell.json (write it with lvmbench train)")
+    c = load_json(path)
+    return {**c, "cell": "/".join([c["experiment"], c["dataset"], c["model"], c["objective"], f"K{c['K']}",
+                                   c["estimator"], f"seed{c['seed']}"]), "run": str(run)}
+
+
+def _optional_json(path: Path) -> dict | None:
+    return load_json(path) if path.exists() else None
+
+
+def _finite(*values) -> bool:
+    return all(v is not None and math.isfinite(v) for v in values)
+
+
+def _summary_row(c: dict, trained: dict | None, ev: dict | None) -> dict:
+    ev_, tr = ev or {}, trained or {}
+    log_px = ev_.get("log_px", math.nan)
+    exact = ev_.get("exact_log_px")
+    if trained is None:
+        status = "not trained"
+    elif ev is None:
+        status = "not evaluated"
+    elif not _finite(log_px, ev_.get("log_px_se")) or (exact is not None and not _finite(exact)):
+        status = "non-finite log p(x)"
+    else:
+        status = "ok"
+    units = ev_.get("active_units") or []
+    return {
+        **{k: c[k] for k in ("cell", *RUN_KEYS, "model_name", "objective_name", "run")},
+        "status": status, "test_log_px": log_px, "test_log_px_se": ev_.get("log_px_se", math.nan),
+        "test_nll": -log_px, "K_eval": ev_.get("K_eval"), "n_test": ev_.get("n_test"),
+        "exact_log_px": math.nan if exact is None else exact,
+        "exact_log_px_se": ev_.get("exact_log_px_se") if exact is not None else math.nan,
+        "ess_mean": ev_.get("ess_mean", math.nan),
+        "bound_curve": ";".join(f"{p['k']}:{p['mean']:.4f}" for p in ev_.get("bound_curve", [])),
+        "active_units": "+".join(map(str, units)) if units else "",
+        "ordering_passed": ev_.get("ordering_passed"),
+        "final_train_bound": tr.get("final_bound", math.nan), "steps": tr.get("steps"),
+        "wall_time": tr.get("wall_time", math.nan), "device": tr.get("device_name") or tr.get("device"),
+    }
+
+
+def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
+    """Read every run directory into the raw tables (summary, bound_curve, ordering,
+    ordering_checks, gradvar)."""
+    rows, curves, ordering, checks, gradvar = [], [], [], [], []
+    for run in runs:
+        run = Path(run)
+        c = read_cell(run)
+        trained, ev = _optional_json(run / "train.json"), _optional_json(run / "eval.json")
+        if trained is None:
+            _warn(f"{run} ({c['cell']}) has no train.json: training did not finish; its row has status "
+                  f"'not trained'")
+        rows.append(_summary_row(c, trained, ev))
+        ids = {k: c[k] for k in ("cell", *RUN_KEYS)}
+        if ev is not None:
+            curves += [{"cell": c["cell"], **p} for p in ev.get("bound_curve", [])]
+            checks += [{"cell": c["cell"], **chk} for chk in ev.get("ordering_checks", [])]
+            failed = sum(not chk["passed"] for chk in ev.get("ordering_checks", []))
+            ordering.append({**ids, "passed": ev.get("ordering_passed"), "worst_z": ev.get("ordering_worst_z"),
+                             "worst": ev.get("ordering_worst"), "threshold": ev.get("ordering_threshold"),
+                             "n_checks": len(ev.get("ordering_checks", [])), "n_failed": failed})
+        if (run / "gradvar.csv").exists():
+            gradvar.append(pd.read_csv(run / "gradvar.csv"))
+    ids = [r["cell"] for r in rows]
+    dupes = sorted({i for i in ids if ids.count(i) > 1})
+    if dupes:
+        raise LvmbenchError(f"the same cell appears in several run directories: {', '.join(dupes)}")
+    gv = pd.concat(gradvar, ignore_index=True) if gradvar else pd.DataFrame(columns=["cell", "step"])
+    gv["final_step"] = gv["step"] == gv.groupby("cell")["step"].transform("max")
+    return {"summary": pd.DataFrame(rows, columns=SUMMARY_COLUMNS).astype({k: "Int64" for k in INT_COLUMNS}),
+            "bound_curve": pd.DataFrame(curves, columns=CURVE_COLUMNS),
+            "ordering": pd.DataFrame(ordering, columns=ORDERING_COLUMNS),
+            "ordering_checks": pd.DataFrame(checks, columns=CHECK_COLUMNS),
+            "gradvar": gv}
+
+
+def group_seeds(summary: pd.DataFrame) -> pd.DataFrame:
+    """Mean and sd over seeds of the ``ok`` runs per (experiment, dataset, model, objective,
+    K, estimator); ``n_excluded`` counts the group's runs left out by their status."""
+    ok = summary[summary.status == "ok"]
+    if ok.empty:
+        return pd.DataFrame(columns=GROUPED_COLUMNS)
+    g = ok.groupby(GROUP_KEYS, sort=True)
+    out = pd.DataFrame({
+        "n_seeds": g.size(), "log_px_mean": g.test_log_px.mean(), "log_px_sd": g.test_log_px.std(),
+        "nll_mean": g.test_nll.mean(), "nll_sd": g.test_nll.std(),
+        "exact_log_px_mean": g.exact_log_px.mean(), "exact_log_px_sd": g.exact_log_px.std(),
+        "active_units": g.active_units.agg(lambda s: ", ".join(dict.fromkeys(v for v in s if v))),
+    }).reset_index()
+    excluded = summary[summary.status != "ok"].groupby(GROUP_KEYS).size().rename("n_excluded").reset_index()
+    out = out.merge(excluded, on=GROUP_KEYS, how="left")
+    out["n_excluded"] = out["n_excluded"].fillna(0).astype(int)
+    return out[GROUPED_COLUMNS]
+
+
+def gradvar_table(gradvar: pd.DataFrame) -> pd.DataFrame:
+    """Gradient metrics at each run's final snapshot, averaged over the runs (seeds and the
+    estimators they were trained with) of a (experiment, dataset, model, objective, K)."""
+    keys = ["experiment", "dataset", "model", "trained_objective", "K", "estimator", "group"]
+    if gradvar.empty or "skipped" not in gradvar:
+        return pd.DataFrame(columns=[*keys, "n_runs", *GRADVAR_METRICS])
+    final = gradvar[gradvar.final_step & gradvar.skipped.isna()]
+    g = final.groupby(keys, sort=True)
+    return g[GRADVAR_METRICS].mean().assign(n_runs=g.cell.nunique()).reset_index()[[*keys, "n_runs",
+                                                                                     *GRADVAR_METRICS]]
+
+
+# --------------------------------------------------------------------------------------------
+# Markdown and LaTeX
+# --------------------------------------------------------------------------------------------
+LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#", "_": r"\_",
+                 "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\textasciicircum{}"}
+
+
+def render(df: pd.DataFrame, fmt: str = "md") -> str:
+    """A table of strings as GitHub Markdown (``md``) or a LaTeX tabular (``tex``);
+    '±' becomes $\\pm$ in LaTeX."""
+    cells = df.map(lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
+    if fmt == "md":
+        lines = [list(cells.columns), ["---"] * cells.shape[1], *cells.values.tolist()]
+        return "\n".join("| " + " | ".join(v.replace("|", r"\|") for v in line) + " |" for line in lines) + "\n"
+
+    def tex(v: str) -> str:
+        return "".join(LATEX_SPECIAL.get(ch, ch) for ch in v).replace("±", r"$\pm$")
+
+    align = "".join("r" if pd.api.types.is_numeric_dtype(df[c]) else "l" for c in df.columns)
+    body = [" & ".join(map(tex, row)) + r" \\" for row in [list(cells.columns), *cells.values.tolist()]]
+    return "\n".join([rf"\begin{{tabular}}{{{align}}}", r"\toprule", body[0], r"\midrule", *body[1:],
+                      r"\bottomrule", r"\end{tabular}"]) + "\n"
+
+
+def _pm(mean: pd.Series, sd: pd.Series, digits: int = 2) -> list[str]:
+    """'mean ± sd' (sd left out when undefined, i.e. one seed); '' when the mean is NaN."""
+    return ["" if pd.isna(m) else f"{m:.{digits}f}" + ("" if pd.isna(s) else f" ± {s:.{digits}f}")
+            for m, s in zip(mean, sd)]
+
+
+def _display_summary(grouped: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({
+        **{k: grouped[k] for k in GROUP_KEYS}, "seeds": grouped.n_seeds,
+        "test log p(x)": _pm(grouped.log_px_mean, grouped.log_px_sd),
+        "NLL": _pm(grouped.nll_mean, grouped.nll_sd),
+        "exact log p(x)": _pm(grouped.exact_log_px_mean, grouped.exact_log_px_sd),
+        "active units": grouped.active_units,
+    })
+
+
+def _write_text(text: str, path: Path) -> None:
+    atomic_write(path, lambda p: p.write_text(text))
+
+
+def _fmt(df: pd.DataFrame, digits: str = ".3g") -> pd.DataFrame:
+    return df.apply(lambda s: s.map(lambda v: format(v, digits) if isinstance(v, float) and not np.isnan(v)
+                                    else v) if s.dtype.kind == "f" else s)
+
+
+def _summary_md(summary: pd.DataFrame, grouped: pd.DataFrame) -> str:
+    text = ("# Test log-likelihood\n\nMean ± standard deviation over seeds of the test log p(x) "
+            "(estimated by L_K_eval) and NLL = -log p(x); exact log p(x) where the model has it.\n\n"
+            + render(_display_summary(grouped)))
+    flagged = summary[summary.status != "ok"]
+    if len(flagged):
+        text += "\n## Runs left out of the means\n\n" + render(flagged[["cell", "status", "test_log_px"]])
+    return text
+
+
+def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | None = None) -> dict[str, pd.DataFrame]:
+    """Write the results tables for ``runs`` into ``out``; returns the tables by name."""
+    if not runs:
+        raise LvmbenchError("no run directories given")
+    out = Path(out)
+    tables = collect(runs)
+    summary = tables["summary"]
+    tables["summary_grouped"] = grouped = group_seeds(summary)
+    tables["gradvar_final"] = gv = gradvar_table(tables["gradvar"])
+    for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "gradvar"):
+        save_csv(tables[name], out / f"{name}.csv")
+    _write_text(_summary_md(summary, grouped), out / "summary.md")
+    _write_text(render(_display_summary(grouped), "tex"), out / "summary.tex")
+
+    order = tables["ordering"]
+    _write_text(f"# Bound ordering\n\n{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} "
+                f"evaluated runs pass L_k <= L_k' <= log p(x) (a check fails when z < -threshold).\n\n"
+                + render(_fmt(order[["cell", "passed", "worst", "worst_z", "threshold", "n_checks", "n_failed"]])),
+                out / "ordering.md")
+
+    gv_text = ("# Gradient signal-to-noise ratio and variance\n\nAt each run's final snapshot; mean over the "
+               "runs of each (experiment, dataset, model, trained objective, K): seeds and training "
+               "estimators.\n\n" + render(_fmt(gv)))
+    raw = tables["gradvar"]
+    if "skipped" in raw and raw.skipped.notna().any():
+        gone = raw[raw.skipped.notna()].drop_duplicates(["estimator", "skipped"])
+        gv_text += "\n## Estimators not measured\n\n" + render(gone[["estimator", "K", "skipped"]])
+    _write_text(gv_text, out / "gradvar.md")
+
+    if skipped is not None:
+        if not Path(skipped).exists():
+            raise LvmbenchError(f"skipped-combinations file {skipped} does not exist")
+        try:
+            tables["skipped"] = sk = pd.read_csv(skipped)
+        except pd.errors.EmptyDataError:
+            tables["skipped"] = sk = pd.DataFrame(columns=SKIPPED_COLUMNS)
+        save_csv(sk, out / "skipped.csv")
+        _write_text(f"# Skipped combinations\n\n{len(sk)} combinations were not run.\n\n"
+                    + (render(sk) if len(sk) else ""), out / "skipped.md")
+    n_bad = int((summary.status != "ok").sum())
+    print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"
+          + (f", {n_bad} flagged (see summary.csv status)" if n_bad else "") + f" -> {out}", file=sys.stderr)
+    return tables
+
+
+__all__ = ["aggregate", "collect", "group_seeds", "gradvar_table", "read_cell", "render", "RUN_KEYS",
+           "GROUP_KEYS", "SUMMARY_COLUMNS"]

@@ -1,0 +1,364 @@
+"""Per-datapoint (non-amortized) inference and the amortization gap.
+
+An encoder q_phi(z|x) shares its parameters over all data points, so on a given x it
+may be worse than the best member of its family for that x. Cremer, Li & Duvenaud
+(2018, "Inference suboptimality in variational autoencoders", ICML) split the gap
+between log p(x) and the bound L[q] of the amortized posterior into
+
+    log p(x) - L[q_phi(.|x)] = (log p(x) - L[q*_x])  +  (L[q*_x] - L[q_phi(.|x)]),
+                                approximation gap       amortization gap
+
+with q*_x the best q in the encoder's family for that x alone. Here q*_x is
+approximated by optimising free per-point parameters, started at the encoder's output:
+
+* family: the encoder's own. An Independent Normal encoder (VAE with 1 stochastic
+  layer) gives q_i = N(m_i, diag(s_i^2)), parameters (m_i, log s_i); a MultivariateNormal
+  one (linear_gaussian) gives q_i = N(m_i, L_i L_i^T) with L_i lower triangular,
+  parameterised by its strictly-lower part and log-diagonal. Both are batches of shape
+  (N, D) / (N, D, D): all points are optimised at once, never in a Python loop.
+* objective: the run's bound f (elbo, iwae, miwae, ...; its encoder form, with K samples),
+  ascended with reparameterized gradients, z = m_i + L_i eps, by Adam with the model's
+  parameters frozen. Adam's update is elementwise and the loss is a sum over points, so
+  this is exactly N independent optimisations.
+* evaluation: E[f_K] is estimated from K_eval samples per point, split into groups of the
+  objective's group size (K for iwae, 1 for the ELBO; see :mod:`lvmbench.objectives`),
+  with *common random numbers*: the same seed, hence the same eps, at every evaluation.
+  The log-weights come from :func:`lvmbench.models.base.log_weights` with the per-point
+  q as the proposal. L_{K_eval} = log (1/K_eval) sum_k w_k (a log p(x) estimate, Burda et
+  al. 2016) is reported from the same samples.
+* guarantee: every ``check_every`` steps and after the last one, each point keeps the
+  parameters with the best common-random-number estimate seen so far (the encoder's own
+  output included), so the reported ``bound_per_datapoint >= bound_amortized`` holds
+  exactly, point by point (never a worse q than the encoder's under that estimate).
+
+The amortization gap is the mean over points of bound_per_datapoint - bound_amortized,
+with the standard error of the paired differences. With ``steps`` finite, q*_x is only
+approached, so this is a lower estimate of the gap in expectation.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints, transform_to
+from tqdm.auto import tqdm
+
+from lvmbench.models.base import LatentVariableModel, log_weights
+from lvmbench.objectives import Objective, grouped_iwae, iwae
+from lvmbench.registry import LvmbenchError
+
+
+# ---------------------------------------------------------------------------------------
+# per-point Gaussian families
+# ---------------------------------------------------------------------------------------
+class _PerPointMVN(MultivariateNormal):
+    """N(m_i, L_i L_i^T) with one Cholesky factor per point. log_prob applies L_i^-1 (N small
+    triangular inverses) by a batched product: torch's generic path solves one triangular
+    system with K right-hand sides per point, which is far slower on CPU for small D.
+
+        log q_i(z) = -D/2 log 2pi - sum_d log L_i[d, d] - |L_i^-1 (z - m_i)|^2 / 2
+    """
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        L = self._unbroadcasted_scale_tril
+        eye = torch.eye(L.shape[-1], dtype=L.dtype, device=L.device).expand_as(L)
+        u = (torch.linalg.solve_triangular(L, eye, upper=False) @ (value - self.loc).unsqueeze(-1)).squeeze(-1)
+        half_log_det = L.diagonal(dim1=-2, dim2=-1).log().sum(-1)
+        return -0.5 * (L.shape[-1] * math.log(2 * math.pi) + (u ** 2).sum(-1)) - half_log_det
+
+
+class PerPointGaussian:
+    """Free per-point parameters of the encoder's Gaussian family, initialised at q_phi(z|x).
+
+    ``loc`` (N, D) and ``scale`` -- log std (N, D) for a diagonal family, or the
+    unconstrained lower-Cholesky factor (N, D, D) (strictly-lower part and log-diagonal,
+    torch's ``transform_to(constraints.lower_cholesky)``) for a full-covariance one.
+    """
+
+    def __init__(self, q: Distribution, n: int):
+        if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+            self.family = "diagonal"
+            loc, scale = q.base_dist.loc, q.base_dist.scale.log()
+        elif isinstance(q, MultivariateNormal):
+            self.family = "full"
+            self._to_tril = transform_to(constraints.lower_cholesky)
+            loc, scale = q.loc, self._to_tril.inv(q.scale_tril)
+        else:
+            raise LvmbenchError(
+                "per-datapoint inference needs a Gaussian encoder (Independent Normal or MultivariateNormal, "
+                f"e.g. vae with 1 stochastic layer or linear_gaussian); this model's encoder is {type(q).__name__}"
+                + (" (a normalizing flow)" if type(q).__name__ == "TransformedDistribution" else ""))
+        if tuple(q.batch_shape) != (n,):
+            raise LvmbenchError(f"per-datapoint inference expects an encoder with batch shape ({n},), "
+                                f"got {tuple(q.batch_shape)}")
+        d = q.event_shape[0]
+        self.loc = loc.detach().expand(n, d).clone().requires_grad_(True)
+        shape = (n, d) if self.family == "diagonal" else (n, d, d)
+        self.scale = scale.detach().expand(shape).clone().requires_grad_(True)
+
+    def params(self) -> list[Tensor]:
+        return [self.loc, self.scale]
+
+    def distribution(self, loc: Tensor | None = None, scale: Tensor | None = None) -> Distribution:
+        """q_i for every point, batch shape (N,), from the current (or the given) parameters."""
+        loc = self.loc if loc is None else loc
+        scale = self.scale if scale is None else scale
+        if self.family == "diagonal":
+            return Independent(Normal(loc, scale.exp(), validate_args=False), 1, validate_args=False)
+        return _PerPointMVN(loc, scale_tril=self._to_tril(scale), validate_args=False)
+
+
+# ---------------------------------------------------------------------------------------
+# evaluation with common random numbers
+# ---------------------------------------------------------------------------------------
+def group_sizes(objective: Objective, K: int) -> list[tuple[int, float]]:
+    """(group size, weight) of each of the objective's encoder terms: f = sum_i w_i G_{M_i}
+    with groups of K / M_i samples."""
+    return [(K // M, weight) for M, weight in objective.encoder_terms(K)]
+
+
+def _fork_devices(x: Tensor) -> list:
+    return [x.device] if x.device.type == "cuda" else []
+
+
+@torch.no_grad()
+def crn_bounds(model: LatentVariableModel, x: Tensor, q: Distribution, objective: Objective, K: int,
+               K_eval: int, seed: int, max_samples: int = 200_000) -> tuple[Tensor, Tensor]:
+    """(E[f_K] estimate, L_{K_eval}) per point, both (N,) float64, from K_eval samples of q
+    drawn with the global generator seeded at ``seed`` (restored afterwards): the same
+    seed and shapes give the same eps, so evaluations of different q are paired.
+
+    E[f_K] = sum_i w_i G_{K_eval / g_i}(log w), g_i = K / M_i the term's group size: the
+    average of f's terms over K_eval / g_i disjoint groups (unbiased for E[f_K]).
+    Samples are drawn in chunks of at most ``max_samples / N`` (memory bound)."""
+    N = x.shape[0]
+    chunk = max(1, min(K_eval, max_samples // max(N, 1)))
+    with torch.random.fork_rng(devices=_fork_devices(x)):
+        torch.manual_seed(seed)
+        parts = []
+        for start in range(0, K_eval, chunk):
+            parts.append(log_weights(model, x, min(chunk, K_eval - start), proposal=q).log_w.double())
+    log_w = torch.cat(parts)  # (K_eval, N)
+    bound = sum(weight * grouped_iwae(log_w, K_eval // g) for g, weight in group_sizes(objective, K))
+    return bound, iwae(log_w)
+
+
+# ---------------------------------------------------------------------------------------
+# optimisation
+# ---------------------------------------------------------------------------------------
+@dataclass
+class AmortizationResult:
+    """Per-point results (tensors of shape (N,), float64, on the CPU) and the settings.
+
+    ``bound_*`` are common-random-number estimates of the optimised objective under the
+    encoder's q and the per-point q; ``log_px_*`` are L_{K_eval} from the same samples;
+    ``best_step`` is the step whose parameters are kept (0 = the encoder's);
+    ``q_amortized`` / ``q_per_datapoint`` are the two families of distributions (batch N)."""
+
+    objective: str
+    K: int
+    K_eval: int
+    steps: int
+    lr: float
+    check_every: int
+    seed: int
+    family: str
+    bound_amortized: Tensor
+    bound_per_datapoint: Tensor
+    log_px_amortized: Tensor
+    log_px_per_datapoint: Tensor
+    exact_log_px: Tensor | None
+    best_step: Tensor
+    q_amortized: Distribution
+    q_per_datapoint: Distribution
+
+    @property
+    def gap(self) -> Tensor:
+        """Amortization gap per point: bound_per_datapoint - bound_amortized (>= 0)."""
+        return self.bound_per_datapoint - self.bound_amortized
+
+    def table(self, index: Tensor | np.ndarray | None = None) -> pd.DataFrame:
+        """One row per point."""
+        n = self.gap.shape[0]
+        df = pd.DataFrame({
+            "point": np.arange(n) if index is None else np.asarray(index),
+            "bound_amortized": self.bound_amortized.numpy(),
+            "bound_per_datapoint": self.bound_per_datapoint.numpy(),
+            "gap": self.gap.numpy(),
+            "best_step": self.best_step.numpy(),
+            "log_px_amortized": self.log_px_amortized.numpy(),
+            "log_px_per_datapoint": self.log_px_per_datapoint.numpy(),
+        })
+        if self.exact_log_px is not None:
+            df["exact_log_px"] = self.exact_log_px.numpy()
+        return df
+
+    def summary(self) -> dict:
+        """Means over points with standard errors; the gaps of Cremer et al. (2018).
+
+        ``log_px`` is exact where the model has it, else the larger of the two L_{K_eval}
+        estimates per point (a lower bound, so the approximation gap is then a lower estimate)."""
+        log_px = self.exact_log_px if self.exact_log_px is not None else torch.maximum(
+            self.log_px_amortized, self.log_px_per_datapoint)
+        mean, se = _mean, _se
+        return {
+            "n_points": int(self.gap.shape[0]), "steps": self.steps, "K": self.K, "K_eval": self.K_eval,
+            "objective": self.objective, "lr": self.lr, "check_every": self.check_every, "seed": self.seed,
+            "family": self.family,
+            "bound_amortized": mean(self.bound_amortized), "bound_amortized_se": se(self.bound_amortized),
+            "bound_per_datapoint": mean(self.bound_per_datapoint),
+            "bound_per_datapoint_se": se(self.bound_per_datapoint),
+            "gap": mean(self.gap), "gap_se": se(self.gap),
+            "improved_fraction": float((self.gap > 0).double().mean()),
+            "log_px": mean(log_px), "log_px_exact": self.exact_log_px is not None,
+            "approximation_gap": mean(log_px - self.bound_per_datapoint),
+            "approximation_gap_se": se(log_px - self.bound_per_datapoint),
+            "log_px_amortized": mean(self.log_px_amortized),
+            "log_px_per_datapoint": mean(self.log_px_per_datapoint),
+        }
+
+
+def _mean(v: Tensor) -> float:
+    return float(v.mean())
+
+
+def _se(v: Tensor) -> float:
+    return float(v.std(unbiased=True) / math.sqrt(v.numel())) if v.numel() > 1 else 0.0
+
+
+
+def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Objective, K: int,
+                            steps: int = 300, lr: float = 1e-2, K_eval: int = 1000, check_every: int = 10,
+                            seed: int = 0, max_samples: int = 200_000,
+                            progress: bool = False) -> AmortizationResult:
+    """Optimise a separate Gaussian q_i for every row of ``x`` (all at once), starting at the
+    encoder's output, and evaluate the bound before and after (module docstring).
+
+    ``objective`` must be a sampled bound with the encoder as proposal; K_eval must be a
+    multiple of each of its group sizes (K for iwae). The model is never changed: its
+    parameters get no gradients and its train/eval mode is restored. Seeded: the same
+    arguments give the same numbers.
+    """
+    if not objective.sampled or objective.proposal != "encoder":
+        raise LvmbenchError(f"per-datapoint inference optimises a sampled bound with the encoder as proposal; "
+                            f"objective {objective.name} is not one (use elbo or iwae)")
+    reason = objective.why_invalid(K)
+    if reason:
+        raise LvmbenchError(reason)
+    bad = sorted({g for g, _ in group_sizes(objective, K) if K_eval % g})
+    if bad:
+        raise LvmbenchError(f"K_eval={K_eval} must be a multiple of the {objective.name} group size "
+                            f"{', '.join(map(str, bad))} (K={K})")
+    for name, value, low in (("steps", steps, 0), ("K_eval", K_eval, 1), ("check_every", check_every, 1)):
+        if value < low:
+            raise LvmbenchError(f"{name} must be >= {low}, got {value}")
+    if not lr > 0:
+        raise LvmbenchError(f"lr must be > 0, got {lr}")
+
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            q_enc = model.encoder(x)
+        free = PerPointGaussian(q_enc, x.shape[0])
+        eval_seed = seed + 1  # the common random numbers, distinct from the optimisation's stream
+
+        def evaluate() -> tuple[Tensor, Tensor]:
+            return crn_bounds(model, x, free.distribution(), objective, K, K_eval, eval_seed, max_samples)
+
+        q_amortized = free.distribution(free.loc.detach().clone(), free.scale.detach().clone())
+        before, lpx_before = evaluate()
+        best = [before.clone(), lpx_before.clone(), free.loc.detach().clone(), free.scale.detach().clone()]
+        best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
+
+        opt = torch.optim.Adam(free.params(), lr=lr)
+        with torch.random.fork_rng(devices=_fork_devices(x)):
+            torch.manual_seed(seed)
+            for step in tqdm(range(1, steps + 1), desc="per-datapoint", disable=not progress, unit="step"):
+                lw = log_weights(model, x, K, proposal=free.distribution())
+                f = objective.encoder(lw.log_w)  # (N,)
+                grads = torch.autograd.grad(f.sum(), free.params())  # the model's parameters get none
+                for p, g in zip(free.params(), grads):
+                    p.grad = -torch.where(torch.isfinite(g), g, torch.zeros_like(g))  # ascend; a bad draw skips
+                opt.step()
+                if step % check_every == 0 or step == steps:
+                    bound, lpx = evaluate()
+                    better = bound > best[0]  # NaN never wins
+                    best[0] = torch.where(better, bound, best[0])
+                    best[1] = torch.where(better, lpx, best[1])
+                    best[2] = torch.where(better[:, None], free.loc.detach(), best[2])
+                    mask = better.view(-1, *[1] * (free.scale.dim() - 1))
+                    best[3] = torch.where(mask, free.scale.detach(), best[3])
+                    best_step = torch.where(better, torch.full_like(best_step, step), best_step)
+    finally:
+        model.train(was_training)
+
+    exact = None
+    if model.exact:
+        with torch.no_grad():
+            exact = model.log_marginal(x).double().cpu()
+    return AmortizationResult(
+        objective=objective.name, K=K, K_eval=K_eval, steps=steps, lr=lr, check_every=check_every, seed=seed,
+        family=free.family, bound_amortized=before.cpu(), bound_per_datapoint=best[0].cpu(),
+        log_px_amortized=lpx_before.cpu(), log_px_per_datapoint=best[1].cpu(), exact_log_px=exact,
+        best_step=best_step.cpu(), q_amortized=q_amortized,
+        q_per_datapoint=free.distribution(best[2], best[3]))
+
+
+# ---------------------------------------------------------------------------------------
+# a trained run
+# ---------------------------------------------------------------------------------------
+def default_objective(cell) -> Objective:
+    """The run's objective when it is a sampled bound with the encoder as proposal, else
+    the ELBO (for runs trained with ``exact`` or ``prior_mc``)."""
+    from lvmbench.objectives import make_objective
+
+    objective = make_objective(cell.objective_name, **cell.objective_options)
+    if objective.sampled and objective.proposal == "encoder":
+        return objective
+    return make_objective("elbo")
+
+
+def amortize_run(run: str | Path, n_test: int = 100, steps: int = 300, lr: float = 1e-2, K: int | None = None,
+                 K_eval: int | None = None, objective: str | None = None, check_every: int = 10,
+                 seed: int | None = None, device: torch.device | None = None, out: str | Path | None = None,
+                 progress: bool = True) -> dict:
+    """Per-datapoint inference on the first ``n_test`` test points (0 = all) of a trained run.
+
+    Defaults: the run's objective (:func:`default_objective`) and K, the cell's eval seed, and
+    K_eval = the smallest multiple of K that is >= 1000. Writes the summary JSON to ``out``
+    (default RUN/amortization.json) and the per-point table next to it (``.csv``); returns
+    the summary.
+    """
+    from lvmbench.data import binarize
+    from lvmbench.io import save_csv, save_json
+    from lvmbench.objectives import make_objective
+    from lvmbench.train import load_trained
+
+    cell, data, model = load_trained(run, device=device)
+    obj = make_objective(objective) if objective else default_objective(cell)
+    K = K or cell.K
+    K_eval = K_eval or K * math.ceil(1000 / K)
+    seed = cell.eval.seed if seed is None else seed
+    dev = next(model.parameters()).device
+    x = data.test[: n_test or None].to(dev)
+    if data.binarize == "dynamic":  # one fixed binarization, as in lvmbench evaluate
+        x = binarize(x, torch.Generator(device=dev).manual_seed(seed))
+    result = per_datapoint_inference(model, x, obj, K, steps=steps, lr=lr, K_eval=K_eval,
+                                     check_every=check_every, seed=seed, max_samples=cell.eval.max_samples,
+                                     progress=progress)
+    summary = {"cell": cell.id, **result.summary(), "device": str(dev)}
+    out = Path(out) if out else Path(run) / "amortization.json"
+    save_json(summary, out)
+    save_csv(result.table(), out.with_suffix(".csv"))
+    return summary
+
+
+__all__ = ["AmortizationResult", "PerPointGaussian", "amortize_run", "crn_bounds", "default_objective",
+           "group_sizes", "per_datapoint_inference"]

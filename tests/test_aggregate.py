@@ -1,0 +1,115 @@
+"""Tests of lvmbench.aggregate and lvmbench.plots on tiny real runs made through the CLI.
+
+Three gmm2d cells (two seeds at K=2, one at K=1) and one gaussian_toy cell are trained,
+evaluated and measured with ``lvmbench.cli.main``; two copies are then doctored: one
+with a NaN test log p(x) and one without train.json (training never finished).
+"""
+
+import json
+import math
+import shutil
+
+import pandas as pd
+import pytest
+
+from lvmbench.aggregate import GROUP_KEYS, SUMMARY_COLUMNS, aggregate
+from lvmbench.cli import main
+from lvmbench.plots import plot_all
+
+TRAIN = {"steps": 20, "batch_size": 50, "lr": 0.01, "log_every": 5}
+CELLS = {
+    "gmm_k2_s0": ("gmm2d", "gmm", 2, "score", 0),
+    "gmm_k2_s1": ("gmm2d", "gmm", 2, "score", 1),
+    "gmm_k1_s0": ("gmm2d", "gmm", 1, "score", 0),
+    "lg_k2_s0": ("gaussian_toy", "linear_gaussian", 2, "reparam", 0),
+}
+
+
+def _edit_json(path, **changes):
+    path.write_text(json.dumps({**json.loads(path.read_text()), **changes}))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("runs")
+    dirs = []
+    for name, (dataset, model, K, estimator, seed) in CELLS.items():
+        run = str(root / name)
+        cell = {"experiment": "t", "dataset": dataset, "model": model, "objective": "iwae", "K": K,
+                "estimator": estimator, "seed": seed, "train": TRAIN, "device": "cpu"}
+        assert main(["train", "--quiet", "--out", run, "--cell", json.dumps(cell)]) == 0
+        assert main(["evaluate", run, "--K-eval", "50", "--k-grid", "1,5,50", "--n-test", "100", "--quiet"]) == 0
+        assert main(["gradvar", run, "--draws", "5", "--estimators", estimator, "--quiet"]) == 0
+        dirs.append(root / name)
+    bad = root / "gmm_k2_s7_nan"  # a third seed of the K=2 cell whose metric is NaN
+    shutil.copytree(root / "gmm_k2_s0", bad)
+    _edit_json(bad / "cell.json", seed=7)
+    _edit_json(bad / "eval.json", log_px=math.nan)
+    unfinished = root / "lg_k2_s3_untrained"
+    shutil.copytree(root / "lg_k2_s0", unfinished)
+    _edit_json(unfinished / "cell.json", seed=3)
+    for f in ("train.json", "eval.json", "gradvar.csv"):
+        (unfinished / f).unlink()
+    return [*dirs, bad, unfinished]
+
+
+@pytest.fixture(scope="module")
+def tables(runs, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tables")
+    skipped = out.parent / "skipped_in.csv"
+    pd.DataFrame([{"experiment": "t", "dataset": "gmm2d", "model": "gmm", "objective": "iwae", "K": 2,
+                   "estimator": "reparam", "seed": 0, "reason": "gmm has discrete latents"}]).to_csv(skipped,
+                                                                                                 index=False)
+    assert main(["aggregate", *map(str, runs), "--out", str(out), "--skipped", str(skipped)]) == 0
+    return out
+
+
+def test_tables_have_documented_columns(tables):
+    for name in ("summary.md", "summary.tex", "ordering.md", "gradvar.md", "skipped.md"):
+        assert (tables / name).stat().st_size > 0, name
+    summary = pd.read_csv(tables / "summary.csv")
+    assert list(summary.columns) == SUMMARY_COLUMNS
+    assert len(summary) == 6
+    assert list(pd.read_csv(tables / "bound_curve.csv").columns) == ["cell", "k", "mean", "se"]
+    ordering = pd.read_csv(tables / "ordering.csv")
+    assert {"cell", "passed", "worst_z", "worst", "threshold", "n_checks"} <= set(ordering.columns)
+    assert len(ordering) == 5  # every evaluated run
+    gv = pd.read_csv(tables / "gradvar.csv")
+    assert {"estimator", "K", "group", "snr_mean", "var_mean", "step", "cell", "skipped", "final_step"} <= set(gv.columns)
+    assert set(gv.group) == {"decoder", "encoder"}
+    assert pd.read_csv(tables / "skipped.csv").reason.tolist() == ["gmm has discrete latents"]
+    row = summary.set_index("cell").loc["t/gmm2d/gmm/iwae/K2/score/seed0"]
+    assert row.bound_curve.startswith("1:") and row.bound_curve.count(";") == 2
+    assert math.isfinite(row.exact_log_px) and row.test_nll == pytest.approx(-row.test_log_px)
+    assert r"gaussian\_toy" in (tables / "summary.tex").read_text()
+
+
+def test_seeds_grouped_and_bad_runs_excluded(tables):
+    summary = pd.read_csv(tables / "summary.csv").set_index("cell")
+    assert summary.loc["t/gmm2d/gmm/iwae/K2/score/seed7", "status"] == "non-finite log p(x)"
+    assert summary.loc["t/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed3", "status"] == "not trained"
+    assert (summary.drop(["t/gmm2d/gmm/iwae/K2/score/seed7",
+                          "t/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed3"]).status == "ok").all()
+
+    grouped = pd.read_csv(tables / "summary_grouped.csv").set_index(GROUP_KEYS)
+    g = grouped.loc[("t", "gmm2d", "gmm", "iwae", 2, "score")]
+    seeds = summary.loc[["t/gmm2d/gmm/iwae/K2/score/seed0", "t/gmm2d/gmm/iwae/K2/score/seed1"], "test_log_px"]
+    assert g.n_seeds == 2 and g.n_excluded == 1
+    assert g.log_px_mean == pytest.approx(seeds.mean()) and g.log_px_sd == pytest.approx(seeds.std())
+    assert g.nll_mean == pytest.approx(-seeds.mean())
+    assert pd.isna(grouped.loc[("t", "gmm2d", "gmm", "iwae", 1, "score"), "log_px_sd"])  # one seed: no sd
+    md = (tables / "summary.md").read_text()
+    assert "±" in md and "seed7" in md and "not trained" in md
+
+
+def test_plot_all_writes_png_and_pdf(tables, runs, tmp_path):
+    written = plot_all(tables, runs, tmp_path / "figs")
+    names = {p.stem for p in written}
+    assert {"nll_vs_k", "training_curves", "bound_curve_t_gmm2d_gmm", "bound_curve_t_gaussian_toy_linear_gaussian",
+            "snr_vs_k_t_gmm2d_gmm_iwae", "gmm_t_gmm2d_gmm_iwae"} <= names
+    assert not any(n.startswith("samples") for n in names)  # no binary-image runs
+    assert not any("gaussian_toy" in n for n in names if n.startswith("snr_vs_k"))  # a single K
+    for name in names:
+        png, pdf = tmp_path / "figs" / f"{name}.png", tmp_path / "figs" / f"{name}.pdf"
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
+        assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
