@@ -28,13 +28,15 @@ import numpy as np
 import pandas as pd
 
 from lvmbench.io import atomic_write, load_json, save_csv
+from lvmbench.paper import describe_schedule, published_table
 from lvmbench.registry import LvmbenchError
 
 RUN_KEYS = ["experiment", "dataset", "model", "objective", "K", "estimator", "seed"]
 GROUP_KEYS = RUN_KEYS[:-1]
 SUMMARY_COLUMNS = ["cell", *RUN_KEYS, "model_name", "objective_name", "status", "test_log_px", "test_log_px_se",
                    "test_nll", "K_eval", "n_test", "exact_log_px", "exact_log_px_se", "ess_mean", "bound_curve",
-                   "active_units", "ordering_passed", "final_train_bound", "steps", "wall_time", "device", "run"]
+                   "active_units", "ordering_passed", "final_train_bound", "steps", "schedule", "wall_time", "device",
+                   "run"]
 INT_COLUMNS = ["K_eval", "n_test", "steps"]  # missing for runs not trained or not evaluated
 GROUPED_COLUMNS = [*GROUP_KEYS, "n_seeds", "log_px_mean", "log_px_sd", "nll_mean", "nll_sd", "exact_log_px_mean",
                    "exact_log_px_sd", "active_units", "n_excluded"]
@@ -91,6 +93,7 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None) -> dict:
         "active_units": "+".join(map(str, units)) if units else "",
         "ordering_passed": ev_.get("ordering_passed"),
         "final_train_bound": tr.get("final_bound", math.nan), "steps": tr.get("steps"),
+        "schedule": describe_schedule(c.get("train", {})),
         "wall_time": tr.get("wall_time", math.nan), "device": tr.get("device_name") or tr.get("device"),
     }
 
@@ -220,8 +223,11 @@ def _summary_md(summary: pd.DataFrame, grouped: pd.DataFrame) -> str:
     return text
 
 
-def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | None = None) -> dict[str, pd.DataFrame]:
-    """Write the results tables for ``runs`` into ``out``; returns the tables by name."""
+def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | None = None,
+              published: list[dict] | None = None) -> dict[str, pd.DataFrame]:
+    """Write the results tables for ``runs`` into ``out``; returns the tables by name.
+    ``published`` (an experiment config's list of paper numbers) adds ``published.csv``
+    and ``published.md``: each reproduced number beside the published one."""
     if not runs:
         raise LvmbenchError("no run directories given")
     out = Path(out)
@@ -259,6 +265,13 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
         save_csv(sk, out / "skipped.csv")
         _write_text(f"# Skipped combinations\n\n{len(sk)} combinations were not run.\n\n"
                     + (render(sk) if len(sk) else ""), out / "skipped.md")
+    if published:
+        tables["published"] = pub = published_table(published, summary, tables["gradvar"])
+        save_csv(pub, out / "published.csv")
+        hits = pub.within_tolerance.dropna()
+        _write_text(f"# Published vs reproduced\n\n{int(hits.sum())} of {len(hits)} reproduced numbers lie within "
+                    f"the stated tolerance of the published ones ({len(pub) - len(hits)} not run). "
+                    "difference = reproduced mean - published.\n\n" + render(_fmt(pub)), out / "published.md")
     n_bad = int((summary.status != "ok").sum())
     print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"
           + (f", {n_bad} flagged (see summary.csv status)" if n_bad else "") + f" -> {out}", file=sys.stderr)

@@ -194,7 +194,15 @@ def cmd_amortize(args: argparse.Namespace) -> None:
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from lvmbench.aggregate import aggregate
 
-    aggregate(args.runs, args.out, skipped=args.skipped)
+    published = None
+    if args.published:
+        from lvmbench.paper import check_published
+
+        published = _read_config(args.published) if not args.published.lstrip().startswith("[") \
+            else json.loads(args.published)
+        published = published.get("published", []) if isinstance(published, dict) else published
+        check_published(published)
+    aggregate(args.runs, args.out, skipped=args.skipped, published=published)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -297,6 +305,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("runs", nargs="+", help="run directories")
     s.add_argument("--out", required=True, help="tables directory")
     s.add_argument("--skipped", help="skipped-combinations CSV from lvmbench plan")
+    s.add_argument("--published", help="published numbers: an experiment config (its 'published' list), or "
+                                       "the list as JSON text; writes published.csv/md")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("plot", help="figures from the tables",

@@ -174,17 +174,51 @@ def _labelled(entries: Any, key: str, where: str) -> dict[str, tuple[str, dict]]
     return out
 
 
+def merge(base: Any, override: Any) -> Any:
+    """Deep merge of mappings; ``None`` in ``override`` deletes the key."""
+    if not isinstance(base, dict) or not isinstance(override, dict):
+        return override
+    out = dict(base)
+    for key, value in override.items():
+        if value is None:
+            out.pop(key, None)
+        else:
+            out[key] = merge(base.get(key), value)
+    return out
+
+
+def resolve_variant(config: dict) -> dict:
+    """Apply ``config["variants"][config["variant"]]`` (a deep override) and drop both keys.
+
+    An experiment config keeps its protocol once and names schedules as variants, e.g.
+    ``short`` (minutes on one GPU) and ``smoke`` (seconds on CPU, for CI):
+    ``snakemake --configfile config/experiments/burda2016.yaml --config variant=short``.
+    """
+    variants = config.get("variants") or {}
+    name = config.get("variant")
+    if name is not None and name not in variants:
+        raise LvmbenchError(f"variant {name!r} is not defined; this config has: {', '.join(variants) or 'none'}")
+    out = {k: v for k, v in config.items() if k not in ("variants", "variant")}
+    return merge(out, variants[name]) if name is not None else out
+
+
 EXPERIMENT_KEYS = {"datasets", "models", "objectives", "K", "estimators", "seeds", "train", "eval",
                    "gradvar", "dataset_options"}
 
 
 def plan(config: dict) -> tuple[list[Cell], list[dict]]:
-    """Expand ``config["experiments"]`` into valid cells and skipped combinations with reasons."""
+    """Expand ``config["experiments"]`` (after its variant, if any) into valid cells and
+    skipped combinations with reasons."""
     from lvmbench.data import DATASETS
     from lvmbench.estimators import ESTIMATORS
     from lvmbench.models import MODELS
     from lvmbench.objectives import make_objective
 
+    config = resolve_variant(config)
+    if config.get("published") is not None:
+        from lvmbench.paper import check_published
+
+        check_published(config["published"])
     experiments = config.get("experiments")
     if not isinstance(experiments, dict) or not experiments:
         raise LvmbenchError("config: 'experiments' must map experiment names to their axes")
@@ -228,12 +262,16 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
             if reason is not None:
                 skipped.append({**row, "reason": reason})
                 continue
-            cells.append(Cell.from_dict({
-                **row, "model_name": m_name, "objective_name": o_name, "estimator_name": e_name,
-                "estimator_options": e_opts,
-                "dataset_options": dict(axes.get("dataset_options", {}).get(dataset, {})),
-                "model_options": m_opts, "objective_options": o_opts, **shared,
-                "data_dir": config.get("data_dir"), "device": config.get("device", "auto")}))
+            try:
+                cell = Cell.from_dict({
+                    **row, "model_name": m_name, "objective_name": o_name, "estimator_name": e_name,
+                    "estimator_options": e_opts,
+                    "dataset_options": dict(axes.get("dataset_options", {}).get(dataset, {})),
+                    "model_options": m_opts, "objective_options": o_opts, **shared,
+                    "data_dir": config.get("data_dir"), "device": config.get("device", "auto")})
+            except LvmbenchError as err:
+                raise LvmbenchError(f"{where}: {err}") from None
+            cells.append(cell)
     ids = [c.id for c in cells]
     if len(ids) != len(set(ids)):
         raise LvmbenchError("config: two experiments produce the same cell id; give them distinct names")

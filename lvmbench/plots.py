@@ -322,7 +322,35 @@ def gmm(inp: Inputs) -> Figures:
         yield name, fig
 
 
-FIGURES = (nll_vs_k, bound_curve, snr_vs_k, training_curves, samples, gmm)
+def published(inp: Inputs) -> Figures:
+    """Each published number (marker) beside the reproduced mean +- sd over seeds, with the
+    stated tolerance as a band; one row per number, one panel per metric."""
+    pub = inp.table("published")
+    if pub is None:
+        return
+    pub = pub.assign(label=[" ".join(str(v) for v in (r.experiment, r.model, r.objective,
+                                                       "" if pd.isna(r.K) else f"K={int(r.K)}",
+                                                       "" if pd.isna(r.estimator) else r.estimator,
+                                                       "" if pd.isna(r.group) else r.group) if v)
+                            for r in pub.itertuples()])
+    metrics = list(pub.metric.unique())
+    fig, axes = plt.subplots(1, len(metrics), figsize=(6 * len(metrics), 0.35 * len(pub) + 1.5), squeeze=False)
+    for ax, metric in zip(axes[0], metrics):
+        df = pub[pub.metric == metric].reset_index(drop=True)
+        y = np.arange(len(df))
+        ax.barh(y, 2 * df.tolerance, left=df.published - df.tolerance, color="0.9", label="published ± tolerance")
+        ax.scatter(df.published, y, marker="|", s=200, color="black", label="published")
+        ax.errorbar(df.reproduced_mean, y, xerr=df.reproduced_sd.fillna(0), fmt="o", color="C0",
+                    label="reproduced (mean ± sd)")
+        ax.set_yticks(y, df.label, fontsize=7)
+        ax.invert_yaxis()
+        ax.set(xlabel=metric, title=f"published vs reproduced: {metric}")
+        ax.legend(fontsize=7, loc="best")
+    fig.tight_layout()
+    yield "published", fig
+
+
+FIGURES = (nll_vs_k, bound_curve, snr_vs_k, training_curves, samples, gmm, published)
 
 
 def plot_all(tables: str | Path, runs: list[str | Path], out: str | Path) -> list[Path]:
