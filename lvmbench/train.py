@@ -128,7 +128,8 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: lr_factor(cell, n, s))
     gen = torch.Generator(device=device).manual_seed(cell.seed)
     steps, snaps = total_steps(cell, n), snapshot_steps(cell, n)
-    step, rows, elapsed, order = 0, [], 0.0, torch.empty(0, dtype=torch.long, device=device)
+    step, rows, window, elapsed = 0, [], [], 0.0  # window: bounds since the last train.csv row
+    order = torch.empty(0, dtype=torch.long, device=device)  # the rest of this epoch's permutation
 
     state = _load_checkpoint(out / "checkpoint.pt", cell)
     if state is not None:
@@ -137,7 +138,8 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
             estimator.load_state_dict(state["estimator"])
         opt.load_state_dict(state["optimizer"])
         sched.load_state_dict(state["scheduler"])
-        step, rows, elapsed, order = state["step"], state["rows"], state["elapsed"], state["order"].to(device)
+        step, rows, window, elapsed = state["step"], state["rows"], state["window"], state["elapsed"]
+        order = state["order"].to(device)
         gen.set_state(state["generator"])
         torch.set_rng_state(state["torch_rng"])
         if device.type == "cuda" and state.get("cuda_rng") is not None:
@@ -146,7 +148,8 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
     def checkpoint() -> None:
         save_torch({"cell": cell.to_dict(), "model": model.state_dict(), "optimizer": opt.state_dict(),
                     "estimator": estimator.state_dict() if stateful else None,
-                    "scheduler": sched.state_dict(), "step": step, "rows": rows, "elapsed": elapsed,
+                    "scheduler": sched.state_dict(), "step": step, "rows": rows, "window": window,
+                    "elapsed": elapsed,
                     "order": order.cpu(), "generator": gen.get_state(), "torch_rng": torch.get_rng_state(),
                     "cuda_rng": torch.cuda.get_rng_state(device) if device.type == "cuda" else None},
                    out / "checkpoint.pt")
@@ -159,7 +162,6 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
                        out / "snapshots" / f"step{step:08d}.pt")
 
     snapshot()
-    window: list[torch.Tensor] = []
     started = time.perf_counter() - elapsed
     bar = tqdm(total=steps, initial=step, desc=cell.id, disable=not progress, unit="step", file=sys.stderr)
     while step < steps:
@@ -173,18 +175,20 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
             parts = estimator(model, objective, xb, cell.K)
         grads = [*sum(gradients(parts, theta, phi), []), *baseline_gradients(parts, psi)]
         bound = parts.bound.mean()
-        if not torch.isfinite(bound) or not all(torch.isfinite(g).all() for g in grads):
-            what = "loss" if not torch.isfinite(bound) else "gradient"
-            raise NonFiniteError(f"cell {cell.id}: non-finite {what} at step {step + 1}")
+        finite = torch.stack([torch.isfinite(bound), *(torch.isfinite(g).all() for g in grads)])
+        if not finite.all():  # one device sync per step
+            what = "loss" if not finite[0] else "gradient"
+            raise NonFiniteError(f"cell {cell.id}: non-finite {what} at step {step + 1}; nothing was written "
+                                 f"for this step (the last checkpoint stays valid)")
         for p, g in zip(theta + phi + psi, grads):
             p.grad = -g  # ascend the bound
         opt.step()
         sched.step()
         step += 1
         bar.update()
-        window.append(bound.detach())
+        window.append(float(bound))
         if step % t.log_every == 0 or step == steps:
-            mean_bound = float(torch.stack(window).mean())
+            mean_bound = sum(window) / len(window)
             window.clear()
             rows.append([step, step / steps_per_epoch(n, t.batch_size), mean_bound, sched.get_last_lr()[0],
                          time.perf_counter() - started])
@@ -211,7 +215,11 @@ def load_trained(run: str | Path, snapshot: str | Path | None = None,
     ckpt = Path(snapshot) if snapshot else run / "checkpoint.pt"
     if not ckpt.exists():
         raise LvmbenchError(f"no checkpoint at {ckpt}; train the cell first (lvmbench train)")
-    state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:  # truncated or corrupted
+        raise LvmbenchError(f"checkpoint {ckpt} is unreadable ({type(err).__name__}); retrain the cell "
+                            f"(lvmbench train restarts it cleanly)") from None
     cell = Cell.from_dict(state["cell"])
     data, model, device = setup(cell, device)
     model.load_state_dict(state["model"])

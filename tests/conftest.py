@@ -4,11 +4,20 @@ statistics for the unbiasedness tests."""
 from __future__ import annotations
 
 import math
+import os
 from types import SimpleNamespace
 from typing import NamedTuple
 
 import pytest
 import torch
+
+
+def pytest_configure(config):
+    """One torch thread for the whole suite, subprocesses included: the tests run many tiny
+    operations, for which thread hand-offs cost more than they save (up to 10x slower on a
+    busy 2-core machine such as CI's)."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
 
 
 @pytest.fixture

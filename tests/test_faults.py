@@ -1,0 +1,126 @@
+"""Faults a cluster inflicts on a training job, at the level of the runner (lvmbench train):
+SIGKILL midway, truncated or corrupted checkpoints, and a NaN mid-training."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from lvmbench.cli import main
+from lvmbench.config import Cell
+from lvmbench.train import NonFiniteError, load_trained, train
+
+CELL = {"experiment": "f", "dataset": "gmm2d", "model": "gmm", "objective": "iwae", "K": 4, "estimator": "score",
+        "seed": 3, "dataset_options": {"n_train": 400, "n_test": 100},
+        "train": {"steps": 400, "batch_size": 20, "lr": 0.01, "log_every": 7, "checkpoint_every": 25,
+                  "snapshots": 3}}
+
+
+def _final_state(run: Path) -> dict:
+    return torch.load(run / "checkpoint.pt", weights_only=False)
+
+
+def _assert_same_run(a: Path, b: Path) -> None:
+    """Bit-identical parameters, optimiser state and training curve (times aside)."""
+    sa, sb = _final_state(a), _final_state(b)
+    for k in sa["model"]:
+        assert torch.equal(sa["model"][k], sb["model"][k]), k
+    assert [r[:4] for r in sa["rows"]] == [r[:4] for r in sb["rows"]]
+    ja, jb = json.loads((a / "train.json").read_text()), json.loads((b / "train.json").read_text())
+    assert ja["final_bound"] == jb["final_bound"] and ja["steps"] == jb["steps"]
+
+
+def test_sigkill_midway_resumes_to_identical_metrics(tmp_path):
+    """A job killed with SIGKILL after a checkpoint resumes from it and ends, on CPU, with
+    exactly the metrics of an uninterrupted run with the same seed (RNG states, the epoch's
+    permutation, Adam's moments and the partial logging window are all checkpointed)."""
+    reference, killed = tmp_path / "reference", tmp_path / "killed"
+    train(Cell.from_dict(CELL), reference, progress=False)
+    cmd = [sys.executable, "-m", "lvmbench", "train", "--quiet", "--cell", json.dumps(CELL), "--out", str(killed)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (killed / "train.csv").exists():  # written with the first checkpoint (step 25)
+        if proc.poll() is not None or time.time() > deadline:
+            pytest.fail("the training process ended before it could be killed")
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (killed / "train.json").exists()  # the run did not finish
+    assert 25 <= _final_state(killed)["step"] < 400
+    assert main(["train", "--quiet", "--cell", json.dumps(CELL), "--out", str(killed)]) == 0
+    _assert_same_run(reference, killed)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "garbage", "empty"])
+def test_damaged_checkpoint_restarts_cleanly(tmp_path, damage, capsys):
+    """A truncated or corrupted checkpoint is detected and the run restarts from scratch,
+    ending exactly like a fresh run, instead of crashing or using bad weights."""
+    cell = {**CELL, "train": {**CELL["train"], "steps": 60}}
+    fresh, damaged = tmp_path / "fresh", tmp_path / "damaged"
+    train(Cell.from_dict(cell), fresh, progress=False)
+    train(Cell.from_dict({**cell, "train": {**cell["train"], "steps": 30}}), damaged, progress=False)
+    ckpt = damaged / "checkpoint.pt"
+    data = ckpt.read_bytes()
+    ckpt.write_bytes({"truncate": data[: len(data) // 2], "garbage": os.urandom(len(data)), "empty": b""}[damage])
+    (damaged / "train.json").unlink()
+    train(Cell.from_dict(cell), damaged, progress=False)
+    assert "unreadable" in capsys.readouterr().err
+    _assert_same_run(fresh, damaged)
+
+
+def test_checkpoint_of_another_config_is_not_reused(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(Cell.from_dict({**CELL, "train": {**CELL["train"], "steps": 30}}), run, progress=False)
+    other = {**CELL, "seed": 4, "train": {**CELL["train"], "steps": 30}}
+    train(Cell.from_dict(other), run, progress=False)
+    assert "belongs to another configuration" in capsys.readouterr().err
+    assert _final_state(run)["cell"]["seed"] == 4
+
+
+def test_unreadable_checkpoint_is_a_clear_error_for_evaluate(tmp_path, capsys):
+    run = tmp_path / "run"
+    train(Cell.from_dict({**CELL, "train": {**CELL["train"], "steps": 10}}), run, progress=False)
+    (run / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    assert main(["evaluate", str(run), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "unreadable" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_nan_mid_training_names_cell_and_step(tmp_path, monkeypatch, capsys):
+    """A NaN appearing at step 13 stops the run with one line naming the cell and the step;
+    the checkpoint and curve written before it stay valid, and no train.json claims success."""
+    import lvmbench.train as train_module
+
+    real = train_module.make_estimator
+
+    def poisoned(*args, **kwargs):
+        estimator, calls = real(*args, **kwargs), []
+
+        def call(model, objective, x, K):
+            calls.append(1)
+            parts = estimator(model, objective, x, K)
+            if len(calls) == 13:
+                return parts._replace(decoder=parts.decoder * float("nan"), encoder=parts.encoder * float("nan"),
+                                      bound=parts.bound * float("nan"))
+            return parts
+        return call
+
+    monkeypatch.setattr(train_module, "make_estimator", poisoned)
+    cell = {**CELL, "train": {**CELL["train"], "checkpoint_every": 5}}
+    with pytest.raises(NonFiniteError, match=r"cell f/gmm2d/gmm/iwae/K4/score/seed3: non-finite loss at step 13"):
+        train(Cell.from_dict(cell), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run" / "train.json").exists()
+    assert _final_state(tmp_path / "run")["step"] == 10
+    assert main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run2")]) == 2
+    err = capsys.readouterr().err
+    assert "non-finite loss at step 13" in err and "Traceback" not in err
+    cell_loaded, _, _ = load_trained(tmp_path / "run")
+    assert cell_loaded.id == "f/gmm2d/gmm/iwae/K4/score/seed3"
