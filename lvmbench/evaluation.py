@@ -13,7 +13,10 @@ uses every sample, unlike the first k alone.
 from __future__ import annotations
 
 import math
+import sys
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import pandas as pd
@@ -81,6 +84,32 @@ class PointEstimates:
     log_px: np.ndarray | None
 
 
+@contextmanager
+def full_fp32() -> Iterator[None]:
+    """Full fp32 matrix products on CUDA (no TF32) while evaluating log-likelihoods."""
+    old = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def _batch_bounds(model: LatentVariableModel, xb: Tensor, K_eval: int, k_grid: list[int],
+                  c: int) -> tuple[Tensor, Tensor]:
+    """L_k estimates (B, len(k_grid)) and ESS (B,) for one batch, in chunks of c samples."""
+    acc = [StreamingGroupedLME(k, xb.shape[0], xb.device) for k in k_grid]
+    lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)
+    lse2 = lse.clone()
+    for _ in range(K_eval // c):
+        log_w = log_weights(model, xb, c, rsample=False).log_w  # (c, B)
+        for a in acc:
+            a.update(log_w)
+        lse = torch.logaddexp(lse, log_w.double().logsumexp(0))
+        lse2 = torch.logaddexp(lse2, (2 * log_w.double()).logsumexp(0))
+    return torch.stack([a.value() for a in acc], 1).cpu(), (2 * lse - lse2).exp().cpu()  # ESS = (sum w)^2 / sum w^2
+
+
 @torch.no_grad()
 def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
                     k_grid: list[int] | None = None, batch_size: int = 100,
@@ -90,7 +119,8 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
     test point, with ``batch_size`` points per pass and chunks of at most
     ``max_samples / batch_size`` samples. Seeded: the same seed gives the same numbers.
     ``binarize_data`` resamples binary pixels with the same seed (Burda's dynamic binarization
-    of test batches)."""
+    of test batches). A chunk that runs out of GPU memory is retried with half as many
+    samples (the estimate stays valid; its random numbers then differ from an uninterrupted run)."""
     k_grid = sorted(set(k_grid or []) | {K_eval})
     bad = [k for k in k_grid if k < 1 or K_eval % k]
     if bad:
@@ -101,23 +131,27 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
     model.eval()
     fork_devices = [x.device] if x.device.type == "cuda" else []
     bounds, ess, exact = [], [], []
-    with torch.random.fork_rng(devices=fork_devices), fast_distributions():
+    with torch.random.fork_rng(devices=fork_devices), fast_distributions(), full_fp32():
         torch.manual_seed(seed)
         for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", disable=not progress, unit="batch"):
             xb = x[start:start + batch_size]
             if binarize_data:
                 xb = binarize(xb, gen)
-            acc = [StreamingGroupedLME(k, xb.shape[0], x.device) for k in k_grid]
-            lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=x.device)
-            lse2 = lse.clone()
-            for _ in range(K_eval // c):
-                log_w = log_weights(model, xb, c, rsample=False).log_w  # (c, B)
-                for a in acc:
-                    a.update(log_w)
-                lse = torch.logaddexp(lse, log_w.double().logsumexp(0))
-                lse2 = torch.logaddexp(lse2, (2 * log_w.double()).logsumexp(0))
-            bounds.append(torch.stack([a.value() for a in acc], 1).cpu())
-            ess.append((2 * lse - lse2).exp().cpu())  # (sum w)^2 / sum w^2
+            while True:
+                try:
+                    b, e = _batch_bounds(model, xb, K_eval, k_grid, c)
+                    break
+                except torch.OutOfMemoryError:
+                    if c == 1:
+                        raise LvmbenchError(f"out of memory even with one sample per chunk at batch size "
+                                            f"{xb.shape[0]}; lower eval.batch_size") from None
+                    c = chunk_size(K_eval, k_grid, c // 2)
+                    if x.device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    print(f"[lvmbench] evaluation ran out of memory; retrying with chunks of {c} samples",
+                          file=sys.stderr)
+            bounds.append(b)
+            ess.append(e)
             if model.exact:
                 exact.append(model.log_marginal(xb).double().cpu())
     model.train(was_training)

@@ -124,3 +124,33 @@ def test_nan_mid_training_names_cell_and_step(tmp_path, monkeypatch, capsys):
     assert "non-finite loss at step 13" in err and "Traceback" not in err
     cell_loaded, _, _ = load_trained(tmp_path / "run")
     assert cell_loaded.id == "f/gmm2d/gmm/iwae/K4/score/seed3"
+
+
+def test_evaluation_out_of_memory_retries_with_smaller_chunks(monkeypatch, capsys, float64):
+    """A chunk that raises CUDA's out-of-memory error is retried with fewer samples per
+    chunk until it fits. With q equal to the exact posterior every log-weight equals
+    log p(x), so the retried estimate must still equal log p(x) to rounding."""
+    import lvmbench.evaluation as evaluation
+    from lvmbench.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("linear_gaussian", 3, decoder="linear", q_scale=None)
+    model.set_encoder_to_posterior()
+    x = torch.randn(8, 3)
+    real, sizes = evaluation.log_weights, []
+
+    def small_memory(m, xb, K, **kw):
+        sizes.append(K)
+        if K > 10:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(m, xb, K, **kw)
+
+    monkeypatch.setattr(evaluation, "log_weights", small_memory)
+    est = evaluation.estimate_bounds(model, x, 100, [1, 10], batch_size=4, max_samples=400, progress=False)
+    assert max(sizes) > 10 and sizes[-1] <= 10
+    assert "retrying with chunks of 10 samples" in capsys.readouterr().err
+    assert abs(est.bounds - est.log_px[:, None]).max() < 1e-9
+
+    monkeypatch.setattr(evaluation, "log_weights", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError()))
+    with pytest.raises(evaluation.LvmbenchError, match="out of memory even with one sample per chunk"):
+        evaluation.estimate_bounds(model, x, 100, [1, 10], batch_size=4, max_samples=400, progress=False)
