@@ -211,6 +211,16 @@ def cmd_plot(args: argparse.Namespace) -> None:
     plot_all(args.tables, args.runs, args.out)
 
 
+def _run_command(sub, name: str, help: str, description: str, out: str, func) -> argparse.ArgumentParser:
+    """A subcommand that reads a run directory: RUN, --out and --quiet, plus its own options."""
+    s = sub.add_parser(name, help=help, description=description)
+    s.add_argument("run", help="run directory written by lvmbench train")
+    s.add_argument("--out", help=out)
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    s.set_defaults(func=func)
+    return s
+
+
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="lvmbench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -248,43 +258,35 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     s.set_defaults(func=cmd_train)
 
-    s = sub.add_parser("evaluate", help="large-K log p(x), bound curve, exact log p(x), active units",
-                       description="Estimate test log p(x) by L_K at large K (streamed, max-subtracted), the bound "
-                                   "curve L_k for k in the grid, exact log p(x) where tractable, ESS, active units "
-                                   "and the bound-ordering check. Settings default to the cell's eval block.")
-    s.add_argument("run", help="run directory written by lvmbench train")
-    s.add_argument("--out", help="output JSON (default RUN/eval.json)")
+    s = _run_command(sub, "evaluate", "large-K log p(x), bound curve, exact log p(x), active units",
+                     "Estimate test log p(x) by L_K at large K (streamed, max-subtracted), the bound curve L_k for "
+                     "k in the grid, exact log p(x) where tractable, ESS, active units and the bound-ordering "
+                     "check. Settings default to the cell's eval block.", "output JSON (default RUN/eval.json)",
+                     cmd_evaluate)
     s.add_argument("--K-eval", type=int, help="importance samples per test point (default 5000)")
     s.add_argument("--k-grid", type=_ints, help="comma-separated k values dividing K_eval for the bound curve")
     s.add_argument("--n-test", type=int, help="evaluate on the first N test points (0 = all)")
     s.add_argument("--batch-size", type=int, help="test points per pass")
     s.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_evaluate)
 
-    s = sub.add_parser("gradvar", help="gradient variance and SNR at the run's snapshots",
-                       description="At each parameter snapshot of a run and a fixed minibatch, take M independent "
-                                   "gradient draws per estimator; report per-group SNR, variance, and bias/MSE "
-                                   "against the exact gradient where one exists.")
-    s.add_argument("run", help="run directory written by lvmbench train")
-    s.add_argument("--out", help="output CSV (default RUN/gradvar.csv)")
+    s = _run_command(sub, "gradvar", "gradient variance and SNR at the run's snapshots",
+                     "At each parameter snapshot of a run and a fixed minibatch, take M independent gradient draws "
+                     "per estimator; report per-group SNR, variance, and bias/MSE against the exact gradient where "
+                     "one exists.", "output CSV (default RUN/gradvar.csv)", cmd_gradvar)
     s.add_argument("--draws", type=int, help="gradient draws M (default: the cell's gradvar.draws)")
     s.add_argument("--batch-size", type=int, help="minibatch size (default: the cell's gradvar.batch_size)")
     s.add_argument("--estimators", nargs="+", help="estimators to measure (default: every valid one)")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_gradvar)
 
-    s = sub.add_parser("amortize", help="amortization gap: per-datapoint inference vs the encoder",
-                       description="For each of the first N test points, optimise a separate Gaussian q (the "
-                                   "encoder's family: diagonal for vae, full covariance for linear_gaussian), "
-                                   "started at the encoder's output, on the run's bound with reparameterized "
-                                   "Adam steps and the model frozen. The bound before and after is estimated "
-                                   "from K_eval samples with common random numbers, and each point keeps its "
-                                   "best parameters, so after >= before on every point. The mean difference is "
-                                   "the amortization gap (Cremer et al. 2018). Writes a JSON summary and a "
-                                   "per-point CSV beside it.")
-    s.add_argument("run", help="run directory written by lvmbench train")
-    s.add_argument("--out", help="output JSON (default RUN/amortization.json; the CSV gets the same name)")
+    s = _run_command(sub, "amortize", "amortization gap: per-datapoint inference vs the encoder",
+                     "For each of the first N test points, optimise a separate Gaussian q (the "
+                     "encoder's family: diagonal for vae, full covariance for linear_gaussian), "
+                     "started at the encoder's output, on the run's bound with reparameterized "
+                     "Adam steps and the model frozen. The bound before and after is estimated "
+                     "from K_eval samples with common random numbers, and each point keeps its "
+                     "best parameters, so after >= before on every point. The mean difference is "
+                     "the amortization gap (Cremer et al. 2018). Writes a JSON summary and a "
+                     "per-point CSV beside it.",
+                     "output JSON (default RUN/amortization.json; the CSV gets the same name)", cmd_amortize)
     s.add_argument("--n-test", type=int, default=100, help="the first N test points (0 = all; default 100)")
     s.add_argument("--steps", type=int, default=300, help="Adam steps per point (default 300)")
     s.add_argument("--lr", type=float, default=1e-2, help="Adam learning rate (default 0.01)")
@@ -296,8 +298,6 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--check-every", type=int, default=10, help="steps between best-so-far checks (default 10)")
     s.add_argument("--seed", type=int, help="seed (default: the cell's eval seed)")
     s.add_argument("--device", help="cpu, cuda, cuda:N or auto")
-    s.add_argument("--quiet", action="store_true", help="no progress bar")
-    s.set_defaults(func=cmd_amortize)
 
     s = sub.add_parser("aggregate", help="run directories to tidy tables",
                        description="Collect run directories into results tables: summary (CSV, Markdown, LaTeX), "

@@ -24,15 +24,6 @@ from lvmbench.registry import LvmbenchError
 ELBO, IWAE = make_objective("elbo"), make_objective("iwae")
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP synchronisation costs (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def test_linear_gaussian_per_datapoint_elbo_reaches_log_px(lab):
     """Start: an encoder ~7.7 nats (KL) off the posterior. After 300 Adam steps the
     per-point ELBO is within 0.03 nats of exact log p(x) on average (2% of the start), and

@@ -19,15 +19,6 @@ from lvmbench.registry import LvmbenchError
 FLOW = {"type": "iaf", "layers": 2, "hidden": 8}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread avoids OpenMP synchronisation costs (restored after)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _flow_and_base(D: int = 3, C: int = 4, B: int = 5, layers: int = 3, hidden=(16, 16), seed: int = 0):
     torch.manual_seed(seed)
     flow = build_flow({"type": "iaf", "layers": layers, "hidden": list(hidden)}, D, C)
