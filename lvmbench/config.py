@@ -236,12 +236,16 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
         models = _labelled(axes["models"], "model", f"{where}.models")
         objectives = _labelled(axes["objectives"], "objective", f"{where}.objectives")
         estimators = _labelled(axes["estimators"], "estimator", f"{where}.estimators")
-        for label, (name, _) in models.items():
-            MODELS[name]
-        for label, (name, _) in estimators.items():
-            ESTIMATORS[name]
-        for label, (name, opts) in objectives.items():
-            make_objective(name, **opts)
+        for axis, registry, entries in (("models", MODELS, models), ("estimators", ESTIMATORS, estimators)):
+            for name, _ in entries.values():
+                if name not in registry:
+                    raise LvmbenchError(f"{where}.{axis}: unknown {registry.kind} {name!r}; choose one of: "
+                                        f"{', '.join(registry.names())}")
+        for name, opts in objectives.values():
+            try:
+                make_objective(name, **opts)
+            except LvmbenchError as err:
+                raise LvmbenchError(f"{where}.objectives: {err}") from None
         for d in axes["datasets"]:
             if d not in DATASETS:
                 raise LvmbenchError(f"{where}.datasets: unknown dataset {d!r}; choose one of: {', '.join(DATASETS)}")
@@ -253,6 +257,7 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
             "eval": {**config.get("eval", {}), **axes.get("eval", {})},
             "gradvar": {**config.get("gradvar", {}), **axes.get("gradvar", {})},
         }
+        n_before = len(cells)
         for dataset, (m_label, (m_name, m_opts)), (o_label, (o_name, o_opts)), K, (e_label, (e_name, e_opts)), \
                 seed in itertools.product(axes["datasets"], models.items(), objectives.items(), axes["K"],
                                           estimators.items(), axes.get("seeds", [0])):
@@ -272,6 +277,9 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
             except LvmbenchError as err:
                 raise LvmbenchError(f"{where}: {err}") from None
             cells.append(cell)
+        if len(cells) == n_before:
+            reason = next(r["reason"] for r in reversed(skipped) if r["experiment"] == exp)
+            raise LvmbenchError(f"{where}: no combination of its axes can run, e.g. {reason}")
     ids = [c.id for c in cells]
     if len(ids) != len(set(ids)):
         raise LvmbenchError("config: two experiments produce the same cell id; give them distinct names")

@@ -112,8 +112,6 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
     out = Path(out)
     data, model, device = setup(cell)
     save_json(cell.to_dict(), out / "cell.json")
-    if device.type == "cpu":
-        torch.use_deterministic_algorithms(True)
     x_train = data.train.to(device)  # resident on the device for the whole run
     n = x_train.shape[0]
     objective = make_objective(cell.objective_name, **cell.objective_options)
@@ -132,7 +130,10 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
     order = torch.empty(0, dtype=torch.long, device=device)  # the rest of this epoch's permutation
 
     state = _load_checkpoint(out / "checkpoint.pt", cell)
-    if state is not None:
+    if state is None:  # a fresh start: snapshots of an earlier configuration must not survive
+        for stale in (out / "snapshots").glob("step*.pt"):
+            stale.unlink()
+    else:
         model.load_state_dict(state["model"])
         if stateful:
             estimator.load_state_dict(state["estimator"])

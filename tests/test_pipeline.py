@@ -1,0 +1,201 @@
+"""The Snakemake workflow: lint, the job set of the default config, and a full run of
+the tiny .test config (every rule, every model family) into a temporary directory.
+
+Every Snakemake call runs in a temporary working directory (``--directory``) holding a
+copy of the config, so the repository is never littered with results.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import yaml
+
+from lvmbench.config import EvalSettings, GradvarSettings, TrainSettings, plan
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAKEFILE = ROOT / "Snakefile"
+DEFAULT_CONFIG = ROOT / "config" / "config.yaml"
+TINY_CONFIG = ROOT / ".test" / "config" / "config.yaml"
+
+needs_snakemake = pytest.mark.skipif(shutil.which("snakemake") is None, reason="snakemake is not installed")
+
+
+def snakemake(workdir: Path, *args: str, check: bool = True) -> subprocess.CompletedProcess:
+    """Run the workflow with ``workdir`` as its working directory (config/config.yaml there)."""
+    cmd = ["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(workdir), *args]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{' '.join(cmd)} failed ({proc.returncode}):\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+def workdir_with(tmp: Path, config: dict | Path) -> Path:
+    """A working directory whose config/config.yaml is ``config``."""
+    (tmp / "config").mkdir(parents=True, exist_ok=True)
+    target = tmp / "config" / "config.yaml"
+    if isinstance(config, Path):
+        shutil.copy(config, target)
+    else:
+        target.write_text(yaml.safe_dump(config, sort_keys=False))
+    return tmp
+
+
+def job_counts(output: str) -> dict[str, int]:
+    """The 'Job stats' table of a dry run: rule -> number of jobs."""
+    table = output[output.index("Job stats:"):]
+    return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def load(path: Path) -> dict:
+    return yaml.safe_load(path.read_text())
+
+
+# ---------------------------------------------------------------------------------------
+# static checks
+# ---------------------------------------------------------------------------------------
+@needs_snakemake
+def test_lint_is_clean():
+    proc = subprocess.run(["snakemake", "--lint"], cwd=ROOT, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_schema_lists_every_setting():
+    """The schema's train/eval/gradvar blocks are exactly the settings dataclasses' fields,
+    each with a type and a description."""
+    schema = load(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    for block, cls in (("train", TrainSettings), ("eval", EvalSettings), ("gradvar", GradvarSettings)):
+        props = schema["$defs"][block]["properties"]
+        assert set(props) == {f.name for f in fields(cls)}, block
+        for key, spec in props.items():
+            assert "type" in spec and spec.get("description"), f"{block}.{key}"
+
+
+def test_config_readme_documents_every_key():
+    schema = load(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    readme = (ROOT / "config" / "README.md").read_text()
+    keys = set(schema["properties"]) | set(schema["$defs"]["experiment"]["properties"])
+    for block in ("train", "eval", "gradvar"):
+        keys |= set(schema["$defs"][block]["properties"])
+    missing = sorted(k for k in keys if f"`{k}`" not in readme)
+    assert not missing, f"config/README.md does not document {missing}"
+
+
+@needs_snakemake
+def test_default_config_dry_run_matches_plan(tmp_path):
+    """One train, evaluate and gradvar job per valid cell that plan() reports."""
+    cells, skipped = plan(load(DEFAULT_CONFIG))
+    counts = job_counts(snakemake(workdir_with(tmp_path, DEFAULT_CONFIG), "-n", "--quiet", "rules").stdout)
+    assert counts["train"] == counts["evaluate"] == counts["gradvar"] == len(cells)
+    assert counts["prepare"] == len({c.dataset for c in cells})
+    assert skipped, "the default config should show some skipped combinations"
+
+
+# ---------------------------------------------------------------------------------------
+# the tiny config, run for real
+# ---------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory) -> Path:
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    work = workdir_with(tmp_path_factory.mktemp("tiny"), TINY_CONFIG)
+    proc = snakemake(work, "--cores", "2")
+    (work / "snakemake.log").write_text(proc.stdout + proc.stderr)
+    return work
+
+
+def test_tiny_run_covers_every_rule(tiny_run):
+    """Every rule ran (``all`` is the target of workflow/Snakefile alone; the root
+    Snakefile's ``default`` takes its place)."""
+    rules = set(re.findall(r"^(\w+)(?: \(|$)", snakemake(tiny_run, "--list-rules").stdout, re.M))
+    ran = set(re.findall(r"^(?:local)?rule (\w+):$", (tiny_run / "snakemake.log").read_text(), re.M))
+    assert {"prepare", "plan", "train", "evaluate", "gradvar", "aggregate", "plot"} <= rules
+    assert ran == rules - {"all"}
+
+
+def test_tiny_run_covers_every_model_family(tiny_run):
+    summary = pd.read_csv(tiny_run / "results" / "tables" / "summary.csv")
+    cells, _ = plan(load(TINY_CONFIG))
+    assert len(summary) == len(cells)
+    assert set(summary.model_name) >= {"gmm", "linear_gaussian", "vae"}
+    assert summary.estimator.nunique() >= 2
+    assert (summary.status == "ok").all(), summary[["cell", "status"]]
+
+
+def test_tiny_run_tables(tiny_run):
+    tables = tiny_run / "results" / "tables"
+    _, skipped = plan(load(TINY_CONFIG))
+    expected = {
+        "summary.csv": {"cell", "experiment", "dataset", "model", "objective", "K", "estimator", "seed", "status",
+                        "test_log_px", "test_log_px_se", "test_nll", "exact_log_px", "ordering_passed"},
+        "ordering.csv": {"cell", "passed", "worst", "worst_z", "threshold"},
+        "gradvar.csv": {"cell", "estimator", "K", "step", "group", "snr_mean", "var_mean"},
+        "skipped.csv": {"experiment", "dataset", "model", "objective", "K", "estimator", "seed", "reason"},
+        "bound_curve.csv": {"cell", "k", "mean", "se"},
+    }
+    for name, columns in expected.items():
+        df = pd.read_csv(tables / name)
+        assert columns <= set(df.columns), f"{name} lacks {sorted(columns - set(df.columns))}"
+    assert len(pd.read_csv(tables / "skipped.csv")) == len(skipped)
+    for name in ("summary.md", "summary.tex", "ordering.md", "gradvar.md", "skipped.md"):
+        assert (tables / name).stat().st_size > 0, name
+
+
+def test_tiny_run_bound_ordering_passes(tiny_run):
+    ordering = pd.read_csv(tiny_run / "results" / "tables" / "ordering.csv")
+    assert len(ordering) == len(plan(load(TINY_CONFIG))[0])
+    assert ordering.passed.all(), ordering[~ordering.passed]
+
+
+def test_tiny_run_figures(tiny_run):
+    pngs = sorted((tiny_run / "results" / "figures").glob("*.png"))
+    assert pngs
+    for png in pngs:
+        assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, png.name
+        assert png.with_suffix(".pdf").stat().st_size > 0, png.name
+
+
+def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_path):
+    """After the run nothing is left to do; a new K value adds only its own cells, and a
+    changed setting of one experiment reruns only that experiment's cells."""
+    proc = snakemake(tiny_run, "-n")
+    assert "Nothing to be done" in proc.stdout + proc.stderr
+    original = (tiny_run / "config" / "config.yaml").read_text()
+    try:
+        config = load(TINY_CONFIG)
+        config["experiments"]["snr"]["K"].append(16)  # two new cells: reparam and stl at K=16
+        workdir_with(tiny_run, config)
+        counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
+        assert counts.get("train") == counts.get("evaluate") == counts.get("gradvar") == 2
+        assert "prepare" not in counts
+
+        config = load(TINY_CONFIG)
+        config["experiments"]["mnist"]["train"] = {"steps": 31}
+        workdir_with(tiny_run, config)
+        counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
+        n_mnist = sum(c.experiment == "mnist" for c in plan(config)[0])
+        assert counts.get("train") == n_mnist
+    finally:
+        (tiny_run / "config" / "config.yaml").write_text(original)
+
+
+def test_report_renders(tiny_run):
+    proc = snakemake(tiny_run, "--report", "results/report.html")
+    assert (tiny_run / "results" / "report.html").stat().st_size > 10_000, proc.stderr
+
+
+def test_ci_runs_the_readme_test_command():
+    """README.md opens with two commands, set up and run the benchmark, set up and run
+    the tests; .ci/run ends with the second one verbatim."""
+    blocks = re.findall(r"```bash\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    run_cmd, test_cmd = blocks[0].strip(), blocks[1].strip()
+    assert "\n" not in run_cmd and "snakemake" in run_cmd
+    assert "\n" not in test_cmd and test_cmd.endswith("pytest")
+    ci = [line for line in (ROOT / ".ci" / "run").read_text().splitlines() if line and not line.startswith("#")]
+    assert ci[-1] == test_cmd

@@ -1,0 +1,71 @@
+# One directory per cell under results/runs/: train writes cell.json, train.csv,
+# train.json, checkpoint.pt and snapshots/; evaluate adds eval.json; gradvar adds
+# gradvar.csv; logs/ holds each job's log and benchmark (time and memory).
+# checkpoint.pt and snapshots/ are not declared outputs on purpose: Snakemake deletes
+# a failed job's outputs, and an interrupted run must keep its checkpoint to resume.
+
+
+rule train:
+    """Train one cell (dataset x model x objective x K x estimator x seed)."""
+    input:
+        prepared_dataset,
+    output:
+        summary=f"{RUN}/train.json",
+        curve=f"{RUN}/train.csv",
+    log:
+        f"{RUN}/logs/train.log",
+    benchmark:
+        f"{RUN}/logs/train.benchmark.tsv"
+    params:
+        cell=cell_json,
+        run=run_dir,
+    threads: config["threads"]
+    resources:
+        gpu=config["gpu"],
+    conda:
+        ENV
+    shell:
+        "lvmbench train --cell {params.cell:q} --out {params.run:q} --quiet > {log:q} 2>&1"
+
+
+rule evaluate:
+    """Large-K log p(x), the bound curve, exact log p(x) where tractable, active units
+    and the bound-ordering check on the test set."""
+    input:
+        f"{RUN}/train.json",
+    output:
+        f"{RUN}/eval.json",
+    log:
+        f"{RUN}/logs/evaluate.log",
+    benchmark:
+        f"{RUN}/logs/evaluate.benchmark.tsv"
+    params:
+        run=run_dir,
+    threads: config["threads"]
+    resources:
+        gpu=config["gpu"],
+    conda:
+        ENV
+    shell:
+        "lvmbench evaluate {params.run:q} --out {output:q} --quiet > {log:q} 2>&1"
+
+
+rule gradvar:
+    """Gradient variance and SNR of every valid estimator at the cell's snapshots."""
+    input:
+        f"{RUN}/train.json",
+    output:
+        f"{RUN}/gradvar.csv",
+    log:
+        f"{RUN}/logs/gradvar.log",
+    benchmark:
+        f"{RUN}/logs/gradvar.benchmark.tsv"
+    params:
+        run=run_dir,
+    threads: config["threads"]
+    resources:
+        gpu=config["gpu"],
+    conda:
+        ENV
+    shell:
+        "lvmbench gradvar {params.run:q} --out {output:q} --quiet > {log:q} 2>&1"
