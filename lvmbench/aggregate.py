@@ -3,7 +3,7 @@
 ``aggregate(runs, out)`` reads each run's cell.json, train.json, eval.json and
 gradvar.csv and writes into ``out``:
 
-* ``summary.csv``: one row per run (a run not yet evaluated keeps a row of NaNs),
+* ``summary.csv``: one row per run (with the amortization gap where ``lvmbench amortize`` ran) (a run not yet evaluated keeps a row of NaNs),
   with a ``status`` column: ``ok``, ``not trained`` (no train.json), ``not evaluated``
   (no eval.json) or ``non-finite log p(x)``. Only ``ok`` rows enter the grouped tables.
 * ``bound_curve.csv``: the bound curve L_k in long format (cell, k, mean, se).
@@ -35,8 +35,8 @@ RUN_KEYS = ["experiment", "dataset", "model", "objective", "K", "estimator", "se
 GROUP_KEYS = RUN_KEYS[:-1]
 SUMMARY_COLUMNS = ["cell", *RUN_KEYS, "model_name", "objective_name", "status", "test_log_px", "test_log_px_se",
                    "test_nll", "K_eval", "n_test", "exact_log_px", "exact_log_px_se", "ess_mean", "bound_curve",
-                   "active_units", "ordering_passed", "final_train_bound", "steps", "schedule", "wall_time", "device",
-                   "run"]
+                   "active_units", "ordering_passed", "amortization_gap", "amortization_gap_se", "final_train_bound",
+                   "steps", "schedule", "wall_time", "device", "run"]
 INT_COLUMNS = ["K_eval", "n_test", "steps"]  # missing for runs not trained or not evaluated
 GROUPED_COLUMNS = [*GROUP_KEYS, "n_seeds", "log_px_mean", "log_px_sd", "nll_mean", "nll_sd", "exact_log_px_mean",
                    "exact_log_px_sd", "active_units", "n_excluded"]
@@ -69,8 +69,8 @@ def _finite(*values) -> bool:
     return all(v is not None and math.isfinite(v) for v in values)
 
 
-def _summary_row(c: dict, trained: dict | None, ev: dict | None) -> dict:
-    ev_, tr = ev or {}, trained or {}
+def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: dict | None) -> dict:
+    ev_, tr, am = ev or {}, trained or {}, amortization or {}
     log_px = ev_.get("log_px", math.nan)
     exact = ev_.get("exact_log_px")
     if trained is None:
@@ -92,6 +92,7 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None) -> dict:
         "bound_curve": ";".join(f"{p['k']}:{p['mean']:.4f}" for p in ev_.get("bound_curve", [])),
         "active_units": "+".join(map(str, units)) if units else "",
         "ordering_passed": ev_.get("ordering_passed"),
+        "amortization_gap": am.get("gap", math.nan), "amortization_gap_se": am.get("gap_se", math.nan),
         "final_train_bound": tr.get("final_bound", math.nan), "steps": tr.get("steps"),
         "schedule": describe_schedule(c.get("train", {})),
         "wall_time": tr.get("wall_time", math.nan), "device": tr.get("device_name") or tr.get("device"),
@@ -109,7 +110,7 @@ def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
         if trained is None:
             _warn(f"{run} ({c['cell']}) has no train.json: training did not finish; its row has status "
                   f"'not trained'")
-        rows.append(_summary_row(c, trained, ev))
+        rows.append(_summary_row(c, trained, ev, _optional_json(run / "amortization.json")))
         ids = {k: c[k] for k in ("cell", *RUN_KEYS)}
         if ev is not None:
             curves += [{"cell": c["cell"], **p} for p in ev.get("bound_curve", [])]
@@ -271,7 +272,7 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
         hits = pub.within_tolerance.dropna()
         _write_text(f"# Published vs reproduced\n\n{int(hits.sum())} of {len(hits)} reproduced numbers lie within "
                     f"the stated tolerance of the published ones ({len(pub) - len(hits)} not run). "
-                    "difference = reproduced mean - published.\n\n" + render(_fmt(pub)), out / "published.md")
+                    "difference = reproduced mean - published.\n\n" + render(_fmt(pub, ".5g")), out / "published.md")
     n_bad = int((summary.status != "ok").sum())
     print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"
           + (f", {n_bad} flagged (see summary.csv status)" if n_bad else "") + f" -> {out}", file=sys.stderr)

@@ -14,11 +14,11 @@ from pathlib import Path
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from lvmbench.config import plan
+from lvmbench.config import plan, resolve_variant
 from lvmbench.registry import LvmbenchError
 
 # keys of the config that lvmbench.config.plan reads; the others steer the workflow
-PLAN_KEYS = ("experiments", "train", "eval", "gradvar", "data_dir", "device")
+PLAN_KEYS = ("experiments", "train", "eval", "gradvar", "data_dir", "device", "published")
 
 # One software environment for every rule (used with --software-deployment-method conda);
 # it installs this checkout of lvmbench, found through LVMBENCH_SOURCE.
@@ -38,6 +38,13 @@ def schema_path(error):
         out += f"[{part}]" if isinstance(part, int) else f".{part}"
     return out
 
+
+try:  # an experiment config's variant (e.g. --config variant=short) is applied before anything else
+    _resolved = resolve_variant(config)
+except LvmbenchError as err:
+    config_error(err)
+config.clear()
+config.update(_resolved)
 
 try:
     validate(config, "../schemas/config.schema.yaml")
@@ -104,6 +111,25 @@ def input_dir(wildcards, input):
 
 def run_dirs(wildcards=None):
     return [f"{RESULTS}/runs/{cell}" for cell in CELLS]
+
+
+def amortized(cell):
+    """Whether the config's amortization block selects this cell (every key of ``match``)."""
+    block = config.get("amortization")
+    return bool(block) and all(str(getattr(cell, k)) == str(v) for k, v in block["match"].items())
+
+
+AMORTIZED = [cell_id for cell_id, cell in CELLS.items() if amortized(cell)]
+
+
+def amortize_options(wildcards):
+    block = config["amortization"]
+    return ["--n-test", block.get("n_test", 100), "--steps", block.get("steps", 300), "--lr", block.get("lr", 0.01)]
+
+
+def published_json(wildcards):
+    """The config's published numbers as JSON text ([] when it has none)."""
+    return json.dumps(config.get("published", []))
 
 
 def run_files(name):

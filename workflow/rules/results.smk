@@ -24,8 +24,10 @@ rule aggregate:
         run_files("train.json"),
         run_files("eval.json"),
         run_files("gradvar.csv"),
+        [f"{RESULTS}/runs/{cell}/amortization.json" for cell in AMORTIZED],
         skipped=rules.plan.output.skipped,
     output:
+        *([f"{TABLES}/published.csv", f"{TABLES}/published.md"] if config.get("published") else []),
         summary=report(
             f"{TABLES}/summary.csv",
             caption="../report/summary.rst",
@@ -68,10 +70,12 @@ rule aggregate:
     params:
         runs=run_dirs,
         tables=output_dir,
+        published=published_json,
     conda:
         ENV
     shell:
-        "lvmbench aggregate {params.runs:q} --out {params.tables:q} --skipped {input.skipped:q} > {log:q} 2>&1"
+        "lvmbench aggregate {params.runs:q} --out {params.tables:q} --skipped {input.skipped:q} "
+        "--published {params.published:q} > {log:q} 2>&1"
 
 
 rule plot:
