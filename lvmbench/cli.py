@@ -76,7 +76,10 @@ def cmd_prepare(args: argparse.Namespace) -> None:
     from lvmbench.data import load_dataset
     from lvmbench.io import save_json
 
-    options = json.loads(args.options) if args.options else {}
+    try:
+        options = json.loads(args.options) if args.options else {}
+    except json.JSONDecodeError as err:
+        raise LvmbenchError(f"--options is not JSON text: {err}") from None
     data = load_dataset(args.dataset, args.data_dir, **options)
     info = {"dataset": data.name, "n_train": int(data.train.shape[0]), "n_test": int(data.test.shape[0]),
             "dim": data.dim, "kind": data.kind, "binarize": data.binarize}

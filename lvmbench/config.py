@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any, get_type_hints
 
@@ -202,6 +203,8 @@ def resolve_variant(config: dict) -> dict:
     return merge(out, variants[name]) if name is not None else out
 
 
+LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
+DEVICE = re.compile(r"auto|cpu|cuda|cuda:[0-9]+")
 EXPERIMENT_KEYS = {"datasets", "models", "objectives", "K", "estimators", "seeds", "train", "eval",
                    "gradvar", "dataset_options"}
 
@@ -211,7 +214,7 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
     skipped combinations with reasons."""
     from lvmbench.data import DATASETS
     from lvmbench.estimators import ESTIMATORS
-    from lvmbench.models import MODELS
+    from lvmbench.models import MODELS, build_model
     from lvmbench.objectives import make_objective
 
     config = resolve_variant(config)
@@ -219,6 +222,8 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
         from lvmbench.paper import check_published
 
         check_published(config["published"])
+    if not DEVICE.fullmatch(str(config.get("device", "auto"))):
+        raise LvmbenchError(f"config.device must be auto, cpu, cuda or cuda:N, got {config.get('device')!r}")
     experiments = config.get("experiments")
     if not isinstance(experiments, dict) or not experiments:
         raise LvmbenchError("config: 'experiments' must map experiment names to their axes")
@@ -233,6 +238,9 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
         missing = {"datasets", "models", "objectives", "K", "estimators"} - set(axes)
         if missing:
             raise LvmbenchError(f"{where}: missing key(s) {sorted(missing)}")
+        if not LABEL.fullmatch(str(exp)):
+            raise LvmbenchError(f"{where}: experiment names may use letters, digits and _ . + - only "
+                                f"(they become path components)")
         models = _labelled(axes["models"], "model", f"{where}.models")
         objectives = _labelled(axes["objectives"], "objective", f"{where}.objectives")
         estimators = _labelled(axes["estimators"], "estimator", f"{where}.estimators")
@@ -249,6 +257,19 @@ def plan(config: dict) -> tuple[list[Cell], list[dict]]:
         for d in axes["datasets"]:
             if d not in DATASETS:
                 raise LvmbenchError(f"{where}.datasets: unknown dataset {d!r}; choose one of: {', '.join(DATASETS)}")
+        for label in [*models, *objectives, *estimators]:
+            if not LABEL.fullmatch(str(label)):
+                raise LvmbenchError(f"{where}: label {label!r} may use letters, digits and _ . + - only")
+        for seed in axes.get("seeds", [0]):
+            if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+                raise LvmbenchError(f"{where}.seeds: every seed must be an integer >= 0, got {seed!r}")
+        for d in axes["datasets"]:
+            unknown = set(axes.get("dataset_options", {}).get(d, {})) - set(DATASETS[d].options)
+            if unknown:
+                raise LvmbenchError(f"{where}.dataset_options.{d}: unknown option(s) {sorted(unknown)}; valid: "
+                                    f"{', '.join(DATASETS[d].options) or 'none'}")
+        for label, (name, opts) in models.items():  # bad options fail here, not inside a job
+            build_model(name, DATASETS[axes["datasets"][0]].dim, **opts)
         for k in axes["K"]:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise LvmbenchError(f"{where}.K: every K must be an integer >= 1, got {k!r}")

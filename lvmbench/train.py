@@ -172,8 +172,16 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
         xb = x_train[idx]
         if data.binarize == "dynamic":
             xb = binarize(xb, gen)
-        with fast_distributions():
-            parts = estimator(model, objective, xb, cell.K)
+        try:
+            with fast_distributions():
+                parts = estimator(model, objective, xb, cell.K)
+        except (RuntimeError, ValueError) as err:  # e.g. sampling from NaN probabilities after divergence
+            message = str(err).splitlines()[0] if str(err) else type(err).__name__
+            diverged = not all(torch.isfinite(p).all() for p in theta + phi) or any(
+                word in message.lower() for word in ("nan", "inf", "invalid"))
+            if not diverged:
+                raise
+            raise NonFiniteError(f"cell {cell.id}: non-finite values at step {step + 1} ({message})") from None
         grads = [*sum(gradients(parts, theta, phi), []), *baseline_gradients(parts, psi)]
         bound = parts.bound.mean()
         finite = torch.stack([torch.isfinite(bound), *(torch.isfinite(g).all() for g in grads)])

@@ -34,9 +34,7 @@ def build_model(name: str, x_dim: int, **options) -> LatentVariableModel:
     cls = MODELS[name].obj
     try:
         return cls(x_dim, **options)
-    except TypeError as err:
-        raise LvmbenchError(f"model {name}: {err}") from None
-    except ValueError as err:
+    except (TypeError, ValueError) as err:
         raise LvmbenchError(f"model {name}: {err}") from None
 
 

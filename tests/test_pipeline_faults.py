@@ -1,0 +1,94 @@
+"""Faults at the level of the workflow: a run that diverges to NaN mid-training.
+
+tests/test_faults.py covers the runner (lvmbench train) alone: SIGKILL and resume,
+damaged checkpoints, an injected NaN, out-of-memory retries. Here the NaN comes through
+the real path, a learning rate of 1e30 (linear_gaussian with reparameterized gradients
+overflows at step 2, deterministically), inside a Snakemake run of two experiments.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from lvmbench.cli import main
+from test_pipeline import snakemake, workdir_with
+
+AXES = {"datasets": ["gaussian_toy"], "models": ["linear_gaussian"], "objectives": ["iwae"], "K": [2],
+        "estimators": ["reparam"], "dataset_options": {"gaussian_toy": {"n_train": 32, "n_test": 16}}}
+CONFIG = {
+    "results": "results", "device": "cpu", "threads": 1, "gpu": 0,
+    "train": {"steps": 10, "batch_size": 16, "log_every": 5, "checkpoint_every": 5, "snapshots": 2},
+    "eval": {"K_eval": 10, "k_grid": [1, 10], "n_test": 16, "batch_size": 16, "active_units_n": 16},
+    "gradvar": {"draws": 3, "batch_size": 4},
+    "experiments": {
+        "fine": AXES,
+        "diverge": {**AXES, "train": {"lr": 1.0e30}},
+    },
+}
+GOOD = "fine/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed0"
+BAD = "diverge/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed0"
+MESSAGE = f"cell {BAD}: non-finite loss at step 2"
+
+
+@pytest.fixture(scope="module")
+def diverged(tmp_path_factory) -> tuple[Path, str]:
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    work = workdir_with(tmp_path_factory.mktemp("nan"), CONFIG)
+    proc = snakemake(work, "--cores", "2", "--keep-going", check=False)
+    assert proc.returncode != 0, "a diverging cell must fail the workflow"
+    return work, proc.stdout + proc.stderr
+
+
+def test_nan_stops_its_run_with_a_line_naming_the_cell(diverged):
+    work, out = diverged
+    log = work / "results" / "runs" / BAD / "logs" / "train.log"
+    lines = [line for line in log.read_text().splitlines() if line.strip()]
+    assert lines == [f"lvmbench train: error: {MESSAGE}; nothing was written for this step "
+                     "(the last checkpoint stays valid)"], lines
+    assert "Traceback" not in log.read_text()
+    assert re.search(r"Error in rule train:", out) and BAD in out  # Snakemake names the job
+    assert MESSAGE in out  # and shows its log (show-failed-logs in profiles/default)
+    assert not (work / "results" / "runs" / BAD / "train.json").exists()
+
+
+def test_keep_going_finishes_the_independent_jobs(diverged):
+    """The other experiment's train, evaluate and gradvar all complete, with finite numbers."""
+    work, _ = diverged
+    run = work / "results" / "runs" / GOOD
+    ev = json.loads((run / "eval.json").read_text())
+    assert math.isfinite(ev["log_px"]) and math.isfinite(ev["log_px_se"])
+    assert math.isfinite(json.loads((run / "train.json").read_text())["final_bound"])
+    gradvar = pd.read_csv(run / "gradvar.csv")
+    assert len(gradvar) and gradvar[["snr_mean", "var_mean"]].map(math.isfinite).all().all()
+    assert set((work / "results" / "plan" / "cells.txt").read_text().split()) == {GOOD, BAD}
+
+
+def test_no_nan_reaches_a_table(diverged):
+    """aggregate needs every cell's train.json, so it does not run: no table is written, so
+    none can hold the diverged cell's NaN; the run reports the incomplete jobs instead."""
+    work, out = diverged
+    tables = work / "results" / "tables"
+    for csv in tables.glob("*.csv") if tables.exists() else []:
+        numbers = pd.read_csv(csv).select_dtypes("number")
+        assert not numbers.isin([math.inf, -math.inf]).any().any() and numbers.notna().all().all(), csv
+    assert not (tables / "summary.csv").exists()
+    assert "Exiting because a job execution failed" in out
+
+
+def test_nan_in_discrete_sampling_is_a_clear_error(tmp_path, capsys):
+    """A mixture model trained with lr=1e30 gets NaN mixing weights after one step; the next
+    step's Categorical sampling must stop with the one-line NonFiniteError too."""
+    cell = {"experiment": "f", "dataset": "gmm2d", "model": "gmm", "objective": "iwae", "K": 2,
+            "estimator": "score", "seed": 0, "device": "cpu", "dataset_options": {"n_train": 64, "n_test": 16},
+            "train": {"steps": 5, "batch_size": 16, "lr": 1.0e30}}
+    code = main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run")])
+    err = capsys.readouterr().err
+    assert code == 2 and "cell f/gmm2d/gmm/iwae/K2/score/seed0: non-finite" in err and "Traceback" not in err
