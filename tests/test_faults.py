@@ -154,3 +154,32 @@ def test_evaluation_out_of_memory_retries_with_smaller_chunks(monkeypatch, capsy
     monkeypatch.setattr(evaluation, "log_weights", lambda *a, **k: (_ for _ in ()).throw(torch.OutOfMemoryError()))
     with pytest.raises(evaluation.LvmbenchError, match="out of memory even with one sample per chunk"):
         evaluation.estimate_bounds(model, x, 100, [1, 10], batch_size=4, max_samples=400, progress=False)
+
+
+
+def test_gpu_slots_spread_jobs_and_never_double_book(tmp_path, capsys):
+    """Concurrent jobs on a 2-GPU workstation with 2 jobs per GPU claim distinct locks: the
+    first two spread over both GPUs, the next two take the second slots, and a slot freed
+    when its process exits is claimed again by the next job."""
+    from lvmbench.train import claim_gpu
+
+    script = ("import sys, time; from pathlib import Path; from lvmbench.train import claim_gpu; "
+              "print(claim_gpu(2, 2, Path(sys.argv[1])), flush=True); time.sleep(60)")
+
+    def start():
+        proc = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+        return proc, int(proc.stdout.readline())  # returns once the lock is held
+
+    jobs = [start() for _ in range(4)]
+    try:
+        assert [gpu for _, gpu in jobs] == [0, 1, 0, 1]
+        assert sorted(p.name for p in tmp_path.glob("*.lock")) == ["0.0.lock", "0.1.lock", "1.0.lock", "1.1.lock"]
+        jobs[1][0].kill()
+        jobs[1][0].wait()
+        jobs[1] = start()
+        assert jobs[1][1] == 1  # the freed slot on GPU 1
+        assert claim_gpu(2, 2, tmp_path) in (0, 1)  # all four slots busy: shares one, with a note
+        assert "every GPU slot is taken" in capsys.readouterr().err
+    finally:
+        for proc, _ in jobs:
+            proc.kill()
