@@ -119,7 +119,6 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from dataclasses import replace
 
     from lvmbench.config import EvalSettings, build_settings
     from lvmbench.evaluation import active_units, estimate_bounds, summarize

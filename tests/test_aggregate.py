@@ -12,7 +12,7 @@ import shutil
 import pandas as pd
 import pytest
 
-from lvmbench.aggregate import GROUP_KEYS, SUMMARY_COLUMNS, aggregate
+from lvmbench.aggregate import GROUP_KEYS, SUMMARY_COLUMNS
 from lvmbench.cli import main
 from lvmbench.plots import plot_all
 
