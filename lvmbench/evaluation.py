@@ -215,11 +215,11 @@ def summarize(est: PointEstimates, threshold: float = 3.0) -> dict:
              zip(est.k_grid, (mean_se(est.bounds[:, i]) for i in range(len(est.k_grid))))]
     order = bound_ordering(est, threshold)
     worst = order.loc[order.z.idxmin()]
+    exact = mean_se(est.log_px) if est.log_px is not None else (None, None)
     return {
         "K_eval": est.k_grid[-1], "n_test": int(est.bounds.shape[0]),
         "log_px": log_px, "log_px_se": log_px_se,
-        "exact_log_px": mean_se(est.log_px)[0] if est.log_px is not None else None,
-        "exact_log_px_se": mean_se(est.log_px)[1] if est.log_px is not None else None,
+        "exact_log_px": exact[0], "exact_log_px_se": exact[1],
         "ess_mean": float(est.ess.mean()),
         "bound_curve": curve,
         "ordering_passed": bool(order.passed.all()),

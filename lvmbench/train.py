@@ -239,11 +239,11 @@ def train(cell: Cell, out: str | Path, progress: bool = True) -> dict:
                          time.perf_counter() - started])
             bar.set_postfix(bound=f"{mean_bound:.3f}")
         elapsed = time.perf_counter() - started
-        if step % t.checkpoint_every == 0 or step == steps:
+        if step % t.checkpoint_every == 0 and step < steps:  # the final one is written after the loop
             checkpoint()
         snapshot()
     bar.close()
-    if state is None or state["step"] < steps:  # data-dependent parts fitted after training (VQ-VAE code prior)
+    if state is None or state["step"] < steps:  # fit data-dependent parts (VQ-VAE code prior), then save once
         model.after_training(x_train)
         checkpoint()
     summary = {"cell": cell.id, "steps": step, "final_bound": rows[-1][2] if rows else math.nan,

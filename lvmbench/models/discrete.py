@@ -100,7 +100,7 @@ class SBN(EnumerableLatents):
             u = torch.rand_like(logits)
             noise = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1), shared by both paths
             soft = torch.sigmoid((logits + noise) / temperature)
-            st_logits = net(st_in) + noise
+            st_logits = (logits if st_in is soft_in else net(st_in)) + noise  # the input layer is shared
             st = _straight_through((st_logits > 0).to(x.dtype), torch.sigmoid(st_logits / temperature))
             softs.append(soft)
             sts.append(st)
