@@ -53,11 +53,12 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import (Distribution, Independent, MultivariateNormal, Normal,
-                                 kl_divergence)
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
 
-from lvmbench.models.base import LatentVariableModel
+from lvmbench.estimators.base import grad_or_zeros
+from lvmbench.models.base import LatentVariableModel, proposal_distribution
 from lvmbench.objectives import Objective
+from lvmbench.stats import log_mean_exp
 
 #: the most joint assignments enumerated for one expectation
 MAX_ENUMERATION = 200_000
@@ -72,14 +73,6 @@ _CHUNK = 65_536
 # ---------------------------------------------------------------------------------------
 # proposals
 # ---------------------------------------------------------------------------------------
-def _proposal(model: LatentVariableModel, objective: Objective, x: Tensor) -> Distribution:
-    if objective.proposal == "encoder":
-        return model.encoder(x)
-    if objective.proposal == "prior":
-        return model.prior()
-    raise ValueError(f"unknown proposal {objective.proposal!r}")
-
-
 def _gaussian_1d(r: Distribution) -> tuple[Tensor, Tensor, tuple[int, ...]] | None:
     """(mean, std, event_shape) of a Gaussian over a single real number, else None."""
     if isinstance(r, MultivariateNormal) and r.event_shape == (1,):
@@ -199,11 +192,6 @@ def _grid_expectation(log_w: Tensor, log_mass: Tensor, k: int, f: Callable[[Tens
     return out
 
 
-def _log_mean_exp(log_w: Tensor) -> Tensor:
-    """L_k = log (1/k) sum_j w_j over dim 0: (k, N) -> (N,)."""
-    return torch.logsumexp(log_w, 0) - math.log(log_w.shape[0])
-
-
 # ---------------------------------------------------------------------------------------
 # public API
 # ---------------------------------------------------------------------------------------
@@ -229,7 +217,7 @@ def exact_method(model: LatentVariableModel, objective: Objective, x: Tensor, K:
     if objective.why_invalid(K) is not None:
         return None
     with torch.no_grad():
-        r = _proposal(model, objective, x)
+        r = proposal_distribution(model, objective.proposal, x)
     B = x.shape[0]
     if not decompose:
         m = _method(model, objective, r, 2, B)  # a grid method, never the closed form
@@ -264,7 +252,7 @@ def expected_bound(model: LatentVariableModel, objective: Objective, x: Tensor, 
             return model.log_marginal(x)
         return -kl_divergence(model.posterior(x), model.encoder(x))
 
-    r = _proposal(model, objective, x)
+    r = proposal_distribution(model, objective.proposal, x)
     B = x.shape[0]
     if not decompose:
         f = objective.decoder if part == "decoder" else objective.encoder
@@ -284,16 +272,9 @@ def expected_bound(model: LatentVariableModel, objective: Objective, x: Tensor, 
             key = n or 0
             if key not in cache:
                 cache[key] = _node_log_weights(model, x, r, m, n)
-            value = _grid_expectation(*cache[key], k, _log_mean_exp)
+            value = _grid_expectation(*cache[key], k, log_mean_exp)
         total = total + weight * value
     return total
-
-
-def _grads(out: Tensor | None, params: list[Tensor]) -> list[Tensor]:
-    if out is None or not params or not out.requires_grad:
-        return [torch.zeros_like(p) for p in params]
-    g = torch.autograd.grad(out, params, retain_graph=True, allow_unused=True)
-    return [torch.zeros_like(p) if gi is None else gi for p, gi in zip(params, g)]
 
 
 def exact_gradients(model: LatentVariableModel, objective: Objective, x: Tensor, K: int,
@@ -305,7 +286,7 @@ def exact_gradients(model: LatentVariableModel, objective: Objective, x: Tensor,
     enc = expected_bound(model, objective, x, K, "encoder", nodes)
     if dec is None or enc is None:
         return None
-    return _grads(dec.mean(), model.decoder_parameters()), _grads(enc.mean(), model.encoder_parameters())
+    return grad_or_zeros(dec.mean(), model.decoder_parameters()), grad_or_zeros(enc.mean(), model.encoder_parameters())
 
 
 __all__ = ["expected_bound", "exact_gradients", "exact_method", "MAX_ENUMERATION", "MAX_QUADRATURE"]

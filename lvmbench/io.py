@@ -14,7 +14,6 @@ from typing import Any, Callable
 import pandas as pd
 import torch
 
-
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 

@@ -1,55 +1,102 @@
-"""Registries of models, objectives and gradient estimators.
+"""Registries of named objects whose capabilities are declared on the objects themselves.
 
-Every entry declares its capabilities (what kind of latent a model has, which
-objectives an estimator supports, a minimum K, ...). :func:`why_invalid` reads
-only those declarations, so the command line, the trainer and the Snakemake
-pipeline agree on which combinations run, and every refusal has a one-line
-reason.
+A capability is a property of the thing it describes, as ``has_rsample`` is of a torch
+distribution: a model class says which kind of latent it has, an estimator class what it
+needs and when it is biased, an objective class its options. A :class:`Registry` maps
+names to such objects and reads the declarations back (:meth:`Entry.capabilities`) for
+``lvmbench list``; it never holds a copy of them. Which combinations can run is decided
+above the registries, by the planner (:mod:`lvmbench.grid`).
+
+This module depends on nothing else in lvmbench but its error type.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterator, TypeVar
+import inspect
+from dataclasses import dataclass
+from typing import Any, Callable, Generic, Iterator, Sequence, TypeVar
 
-
-class LvmbenchError(Exception):
-    """A user-facing error: its message is one line and needs no traceback."""
-
+from lvmbench.errors import LvmbenchError
 
 T = TypeVar("T")
 
 
+def describe(obj: Any, name: str) -> Any:
+    """The declared value of ``obj.name``; for a property, or a method, its docstring's first
+    line (the condition in words, e.g. when an estimator is biased)."""
+    static = inspect.getattr_static(obj, name)
+    if isinstance(static, (property, classmethod, staticmethod)) or inspect.isfunction(static):
+        doc = inspect.getdoc(getattr(static, "__func__", static)) or ""
+        return doc.splitlines()[0] if doc else name
+    return getattr(obj, name)
+
+
+def options_of(func: Callable, skip: Sequence[str] = ()) -> dict[str, Any]:
+    """The keyword options of a constructor or loader with their defaults (``skip``: positional
+    inputs such as ``x_dim``)."""
+    params = inspect.signature(func).parameters.values()
+    return {p.name: p.default for p in params
+            if p.name not in ("self", *skip) and p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY)
+            and p.default is not p.empty}
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
-    """A registered object with its declared capabilities."""
+    """A registered object and the registry that knows which of its attributes are capabilities."""
 
     name: str
     obj: T
-    doc: str
-    caps: dict[str, Any] = field(default_factory=dict)
+    registry: "Registry[T]"
+
+    @property
+    def doc(self) -> str:
+        """The first paragraph of the entry's docstring (or of its ``doc`` text), on one line."""
+        text = self.obj.doc if isinstance(getattr(self.obj, "doc", None), str) else inspect.getdoc(self.obj)
+        return " ".join((text or "").strip().split("\n\n")[0].split())
+
+    def capabilities(self) -> dict[str, Any]:
+        """Each declared capability, as declared (conditions in words)."""
+        return {cap: describe(self.obj, cap) for cap in self.registry.capabilities}
+
+    def options(self) -> dict[str, Any]:
+        """The entry's options and their defaults."""
+        return self.registry.options(self.obj)
 
 
 class Registry(Generic[T]):
-    """Name -> entry, with a decorator for registration.
+    """Name -> object, filled by a decorator.
 
-    >>> MODELS = Registry("model")
-    >>> @MODELS.register("gmm", latent="discrete")
-    ... class GMM: ...
+    ``capabilities`` names the attributes every entry declares; ``check(name, obj)`` raises
+    :class:`LvmbenchError` when an entry declares them wrongly; ``options(obj)`` lists an
+    entry's options with their defaults.
+
+    >>> MODELS = Registry("model", capabilities=("latent",))
+    >>> @MODELS.register("gmm")
+    ... class GMM:
+    ...     latent = "discrete"
     """
 
-    def __init__(self, kind: str):
+    def __init__(self, kind: str, capabilities: Sequence[str] = (),
+                 check: Callable[[str, T], None] | None = None,
+                 options: Callable[[T], dict[str, Any]] | None = None):
         self.kind = kind
+        self.capabilities = tuple(capabilities)
+        self._check = check
+        self.options = options or (lambda obj: {})
         self._entries: dict[str, Entry[T]] = {}
 
-    def register(self, name: str, doc: str | None = None, **caps: Any) -> Callable[[T], T]:
-        """Register under ``name``; ``doc`` defaults to the first line of the object's docstring."""
+    def register(self, name: str) -> Callable[[T], T]:
+        """Register under ``name`` after checking the entry's declarations."""
 
         def add(obj: T) -> T:
             if name in self._entries:
-                raise ValueError(f"{self.kind} {name!r} registered twice")
-            lines = (doc or getattr(obj, "__doc__", None) or "").strip().splitlines()
-            self._entries[name] = Entry(name, obj, lines[0] if lines else "", caps)
+                raise LvmbenchError(f"{self.kind} {name!r} registered twice")
+            missing = [cap for cap in self.capabilities if not hasattr(obj, cap)]
+            if missing:
+                raise LvmbenchError(f"{self.kind} {name!r} does not declare {', '.join(missing)}")
+            if self._check is not None:
+                self._check(name, obj)
+            self._entries[name] = Entry(name, obj, self)
             return obj
 
         return add
@@ -57,67 +104,19 @@ class Registry(Generic[T]):
     def __getitem__(self, name: str) -> Entry[T]:
         try:
             return self._entries[name]
-        except KeyError:
+        except (KeyError, TypeError):
             raise LvmbenchError(
                 f"unknown {self.kind} {name!r}; choose one of: {', '.join(self._entries)}"
             ) from None
 
     def __contains__(self, name: object) -> bool:
-        return name in self._entries
+        return isinstance(name, str) and name in self._entries
 
     def __iter__(self) -> Iterator[Entry[T]]:
         return iter(self._entries.values())
 
+    def __len__(self) -> int:
+        return len(self._entries)
+
     def names(self) -> list[str]:
         return list(self._entries)
-
-
-def why_invalid(
-    model: str,
-    objective: str,
-    K: int,
-    estimator: str,
-    dataset: str | None = None,
-    objective_options: dict | None = None,
-) -> str | None:
-    """Return why a (dataset, model, objective, K, estimator) cell cannot run, or None.
-
-    The reason is read from the registries' declarations alone; unknown names
-    raise :class:`LvmbenchError`.
-    """
-    from lvmbench.data import DATASETS
-    from lvmbench.estimators import ESTIMATORS
-    from lvmbench.models import MODELS
-    from lvmbench.objectives import OBJECTIVES, make_objective
-
-    if not isinstance(K, int) or isinstance(K, bool) or K < 1:
-        raise LvmbenchError(f"K must be an integer >= 1, got {K!r}")
-    m = MODELS[model].caps
-    o_entry = OBJECTIVES[objective]
-    e = ESTIMATORS[estimator].caps
-    if dataset is not None:
-        if dataset not in DATASETS:
-            raise LvmbenchError(
-                f"unknown dataset {dataset!r}; choose one of: {', '.join(DATASETS)}"
-            )
-        kind = DATASETS[dataset].kind
-        if kind not in m["data"]:
-            return f"model {model} takes {'/'.join(m['data'])} data, dataset {dataset} is {kind}"
-    o = o_entry.caps
-    if o["needs_exact"] and not m["exact"]:
-        return f"objective {objective} needs an exact log p(x); model {model} has none"
-    if objective not in e["objectives"]:
-        return f"estimator {estimator} supports objectives {', '.join(e['objectives'])}, not {objective}"
-    if e["requires_rsample"] and not m["reparameterizable"]:
-        return f"estimator {estimator} needs reparameterizable latents; model {model} has {m['latent']} latents"
-    if e["needs_model"] and not any(m[cap] for cap in e["needs_model"]):
-        return f"estimator {estimator} needs a model that is {' or '.join(e['needs_model'])}; {model} is not"
-    if m["deterministic"] and "straight_through" not in e["needs_model"]:
-        return f"model {model} has a deterministic (quantizing) encoder; only straight-through estimators train it"
-    if m["deterministic"] and K != 1:
-        return f"model {model} has a deterministic encoder, so only K=1 runs"
-    if K < e["min_K"]:
-        return f"estimator {estimator} needs K >= {e['min_K']}, got K={K}"
-    if e["max_K"] is not None and K > e["max_K"]:
-        return f"estimator {estimator} uses no samples, so only K={e['max_K']} runs"
-    return make_objective(objective, **(objective_options or {})).why_invalid(K)

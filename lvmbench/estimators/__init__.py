@@ -8,77 +8,78 @@ surrogate-loss trick), and :func:`gradients` evaluates both.
 Pathwise (:mod:`.pathwise`): reparam, stl, dreg, exact. Score function (:mod:`.score`):
 score, score_baseline (NVIL), vimco. Relaxed (:mod:`.relaxed`): gumbel, straight_through.
 
-Each registry entry declares what it needs: reparameterizable latents
-(``requires_rsample``), a model capability (``needs_model``, any of), the objectives it
-supports, a K range, and where it is biased (``bias``). Entries are functions, or
-``nn.Module`` classes for estimators with state (a baseline network, an annealed
-temperature); :func:`make_estimator` builds either.
+Every estimator is an :class:`~lvmbench.estimators.base.Estimator` and declares on its
+class what it needs and when it is biased; the registry reads those declarations.
 """
 
 from __future__ import annotations
 
-from typing import Callable
+import inspect
 
-from torch import nn
-
-from lvmbench.estimators.base import SurrogateParts, baseline_gradients, gradients, stopped_log_w
-from lvmbench.estimators.pathwise import dreg, exact, reparam, stl, stl_bias
+from lvmbench.errors import LvmbenchError
+from lvmbench.estimators.base import (
+    Estimator,
+    SurrogateParts,
+    baseline_gradients,
+    grad_or_zeros,
+    gradients,
+    stopped_log_w,
+)
+from lvmbench.estimators.pathwise import STL, DReG, ExactGradient, Reparam
 from lvmbench.estimators.relaxed import Gumbel, StraightThrough
-from lvmbench.estimators.score import ScoreBaseline, score, vimco
-from lvmbench.objectives import Objective
-from lvmbench.registry import LvmbenchError, Registry
+from lvmbench.estimators.score import VIMCO, Score, ScoreBaseline
+from lvmbench.models import CAPABILITIES as MODEL_CAPABILITIES
+from lvmbench.objectives import OBJECTIVES, Objective
+from lvmbench.registry import Registry, options_of
 
-SAMPLED = ("elbo", "iwae", "miwae", "ciwae", "piwae", "prior_mc")
-ENCODER_SAMPLED = ("elbo", "iwae", "miwae", "ciwae", "piwae")
-
-
-def _always(reason: str) -> Callable[[Objective, int], str]:
-    return lambda objective, K: reason
+CAPABILITIES = ("requires_rsample", "needs_model", "objectives", "min_K", "max_K", "bias")
 
 
-ESTIMATORS = Registry("estimator")
-_CAPS = dict(requires_rsample=False, needs_model=(), objectives=SAMPLED, min_K=1, max_K=None, bias=None, options={})
-for _name, _obj, _caps in [
-    ("reparam", reparam, dict(requires_rsample=True)),
-    ("score", score, {}),
-    ("stl", stl, dict(requires_rsample=True, objectives=ENCODER_SAMPLED, bias=stl_bias)),
-    ("dreg", dreg, dict(requires_rsample=True, objectives=ENCODER_SAMPLED)),
-    ("exact", exact, dict(objectives=("exact",), max_K=1)),
-    ("score_baseline", ScoreBaseline, dict(objectives=ENCODER_SAMPLED, options={"hidden": 100, "momentum": 0.9})),
-    ("vimco", vimco, dict(objectives=("iwae",), min_K=2)),
-    ("gumbel", Gumbel, dict(needs_model=("relaxable",), objectives=ENCODER_SAMPLED,
-                            bias=_always("the Concrete relaxation is biased for any temperature > 0"),
-                            options={"temperature": 1.0, "anneal_rate": 0.0, "min_temperature": 0.5})),
-    ("straight_through", StraightThrough, dict(needs_model=("relaxable", "straight_through"),
-                                               objectives=("elbo", "iwae"),
-                                               bias=_always("straight-through gradients are biased"),
-                                               options={"temperature": 1.0, "anneal_rate": 0.0,
-                                                        "min_temperature": 0.5})),
-]:
-    ESTIMATORS.register(_name, **{**_CAPS, **_caps})(_obj)
-
-
-def make_estimator(name: str, x_dim: int, **options) -> Callable:
-    """The estimator ``name`` as a callable (model, objective, x, K) -> SurrogateParts;
-    stateful ones are ``nn.Module`` instances whose parameters the trainer optimises."""
-    entry = ESTIMATORS[name]
-    unknown = set(options) - set(entry.caps["options"])
+def _check_estimator(name: str, cls: type) -> None:
+    """Refuse an estimator class whose declarations are malformed."""
+    where = f"estimator {name!r}"
+    if not (isinstance(cls, type) and issubclass(cls, Estimator)):
+        raise LvmbenchError(f"{where} must be a subclass of lvmbench.estimators.Estimator")
+    if not isinstance(cls.requires_rsample, bool):
+        raise LvmbenchError(f"{where}: requires_rsample must be True or False")
+    unknown = set(cls.needs_model) - set(MODEL_CAPABILITIES)
     if unknown:
-        raise LvmbenchError(f"estimator {name} takes options {sorted(entry.caps['options']) or 'none'}, "
-                            f"got {sorted(unknown)}")
-    if isinstance(entry.obj, type) and issubclass(entry.obj, nn.Module):
-        try:
-            return entry.obj(x_dim, **options)
-        except ValueError as err:
-            raise LvmbenchError(f"estimator {name}: {err}") from None
-    return entry.obj
+        raise LvmbenchError(f"{where}: needs_model names unknown model capabilities {sorted(unknown)}")
+    unknown = set(cls.objectives) - set(OBJECTIVES.names())
+    if not cls.objectives or unknown:
+        raise LvmbenchError(f"{where}: objectives must name registered objectives, not {sorted(unknown) or '()'}")
+    if not isinstance(cls.min_K, int) or cls.min_K < 1 or (cls.max_K is not None and cls.max_K < cls.min_K):
+        raise LvmbenchError(f"{where}: needs 1 <= min_K <= max_K, got min_K={cls.min_K!r}, max_K={cls.max_K!r}")
+
+
+ESTIMATORS: Registry[type[Estimator]] = Registry(
+    "estimator", capabilities=CAPABILITIES, check=_check_estimator,
+    options=lambda cls: options_of(cls, skip=("x_dim",)))
+for _name, _cls in (("reparam", Reparam), ("score", Score), ("stl", STL), ("dreg", DReG), ("exact", ExactGradient),
+                    ("score_baseline", ScoreBaseline), ("vimco", VIMCO), ("gumbel", Gumbel),
+                    ("straight_through", StraightThrough)):
+    ESTIMATORS.register(_name)(_cls)
+
+
+def make_estimator(name: str, x_dim: int | None = None, **options) -> Estimator:
+    """The estimator ``name`` with its options; ``x_dim`` reaches only estimators that take it
+    (NVIL's baseline network)."""
+    cls = ESTIMATORS[name].obj
+    allowed = ESTIMATORS[name].options()
+    unknown = set(options) - set(allowed)
+    if unknown:
+        raise LvmbenchError(f"estimator {name} takes options {sorted(allowed) or 'none'}, got {sorted(unknown)}")
+    takes_x_dim = "x_dim" in inspect.signature(cls).parameters
+    try:
+        return cls(x_dim, **options) if takes_x_dim else cls(**options)
+    except ValueError as err:
+        raise LvmbenchError(f"estimator {name}: {err}") from None
 
 
 def bias_reason(estimator: str, objective: Objective, K: int) -> str | None:
     """Why the estimator is biased for this objective and K, or None if it is unbiased."""
-    bias = ESTIMATORS[estimator].caps["bias"]
-    return bias(objective, K) if bias else None
+    return ESTIMATORS[estimator].obj.bias(objective, K)
 
 
-__all__ = ["ESTIMATORS", "SurrogateParts", "bias_reason", "baseline_gradients", "gradients", "make_estimator",
-           "stopped_log_w"]
+__all__ = ["CAPABILITIES", "ESTIMATORS", "Estimator", "SurrogateParts", "bias_reason", "baseline_gradients",
+           "grad_or_zeros", "gradients", "make_estimator", "stopped_log_w"]

@@ -7,7 +7,10 @@
 * ``exact``   : autograd through the exact log p(x) (objective ``exact`` only); the
                 encoder follows the exact posterior by minimising KL(p(z|x) || q(z|x)).
 
-STL and DReG change only the encoder's part, as in the reference DReG code.
+STL and DReG change only the encoder's part, as in the reference DReG code: the decoder
+surrogate is the objective of the log-weights; STL's encoder surrogate is the same
+objective of the stop-phi log-weights, DReG's weights each group's stop-phi log-weights
+by w~^2 instead.
 """
 
 from __future__ import annotations
@@ -16,54 +19,73 @@ import torch
 from torch import Tensor
 from torch.distributions import kl_divergence
 
-from lvmbench.estimators.base import SurrogateParts, stopped_log_w
+from lvmbench.estimators.base import ENCODER_SAMPLED, Estimator, SurrogateParts, stopped_log_w
 from lvmbench.models.base import LatentVariableModel, log_weights
 from lvmbench.objectives import Objective
 
 
-def reparam(model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+class Reparam(Estimator):
     """Pathwise gradient of the objective through reparameterized samples."""
-    lw = log_weights(model, x, K, objective.proposal, rsample=True)
-    f_dec = objective.decoder(lw.log_w)
-    decoder = f_dec.mean()
-    encoder = decoder if objective.shared(K) else objective.encoder(lw.log_w).mean()
-    return SurrogateParts(decoder, encoder, f_dec.detach())
+
+    requires_rsample = True
+
+    def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+        lw = log_weights(model, x, K, objective.proposal, rsample=True)
+        f_dec = objective.decoder(lw.log_w)
+        decoder = f_dec.mean()
+        encoder = decoder if objective.shared(K) else objective.encoder(lw.log_w).mean()
+        return SurrogateParts(decoder, encoder, f_dec.detach())
 
 
-def stl(model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+class STL(Estimator):
     """Sticking the landing: the encoder ascends the objective of stop-phi log-weights."""
-    lw = log_weights(model, x, K, objective.proposal, rsample=True)
-    f_dec = objective.decoder(lw.log_w)
-    f_enc = objective.encoder(stopped_log_w(model, x, lw))
-    return SurrogateParts(f_dec.mean(), f_enc.mean(), f_dec.detach())
+
+    requires_rsample = True
+    objectives = ENCODER_SAMPLED
+
+    @classmethod
+    def bias(cls, objective: Objective, K: int) -> str | None:
+        """biased when a group of the objective holds more than one sample (e.g. iwae with K > 1)"""
+        if any(K // M > 1 for M, _ in objective.encoder_terms(K)):
+            return f"STL is biased for {objective.name} with K={K} > 1 samples per group (Tucker et al. 2018)"
+        return None
+
+    def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+        lw = log_weights(model, x, K, objective.proposal, rsample=True)
+        f_dec = objective.decoder(lw.log_w)
+        f_enc = objective.encoder(stopped_log_w(model, x, lw))
+        return SurrogateParts(f_dec.mean(), f_enc.mean(), f_dec.detach())
 
 
-def dreg(model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+class DReG(Estimator):
     """DReG: per group of an encoder term, surrogate sum_k stop(w~_k^2) log w_k(stop phi).
 
     For the IWAE term (one group) this is Tucker et al.'s eq. 7; ELBO terms (groups of
     one sample) reduce to STL, which is unbiased there.
     """
-    lw = log_weights(model, x, K, objective.proposal, rsample=True)
-    log_w, log_w_stl = lw.log_w, stopped_log_w(model, x, lw)
-    f_enc = 0.0
-    for M, weight in objective.encoder_terms(K):
-        groups = log_w.detach().reshape(M, K // M, -1)
-        w_tilde = torch.softmax(groups, dim=1)  # (M, K/M, B)
-        f_enc = f_enc + weight * (w_tilde ** 2 * log_w_stl.reshape(M, K // M, -1)).sum(1).mean(0)
-    f_dec = objective.decoder(log_w)
-    return SurrogateParts(f_dec.mean(), f_enc.mean(), f_dec.detach())
+
+    requires_rsample = True
+    objectives = ENCODER_SAMPLED
+
+    def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+        lw = log_weights(model, x, K, objective.proposal, rsample=True)
+        log_w, log_w_stl = lw.log_w, stopped_log_w(model, x, lw)
+        f_enc = 0.0
+        for M, weight in objective.encoder_terms(K):
+            groups = log_w.detach().reshape(M, K // M, -1)
+            w_tilde = torch.softmax(groups, dim=1)  # (M, K/M, B)
+            f_enc = f_enc + weight * (w_tilde ** 2 * log_w_stl.reshape(M, K // M, -1)).sum(1).mean(0)
+        f_dec = objective.decoder(log_w)
+        return SurrogateParts(f_dec.mean(), f_enc.mean(), f_dec.detach())
 
 
-def exact(model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+class ExactGradient(Estimator):
     """Exact gradient of log p(x); the encoder minimises KL(p(z|x) || q(z|x))."""
-    log_px = model.log_marginal(x)
-    kl = kl_divergence(model.posterior(x), model.encoder(x))
-    return SurrogateParts(log_px.mean(), -kl.mean(), log_px.detach())
 
+    objectives = ("exact",)
+    max_K = 1
 
-def stl_bias(objective: Objective, K: int) -> str | None:
-    """STL drops a score term whose expectation is zero only for groups of one sample."""
-    if any(K // M > 1 for M, _ in objective.encoder_terms(K)):
-        return f"STL is biased for {objective.name} with K={K} > 1 samples per group (Tucker et al. 2018)"
-    return None
+    def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+        log_px = model.log_marginal(x)
+        kl = kl_divergence(model.posterior(x), model.encoder(x))
+        return SurrogateParts(log_px.mean(), -kl.mean(), log_px.detach())

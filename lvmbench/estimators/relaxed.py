@@ -19,20 +19,21 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lvmbench.estimators.base import SurrogateParts
+from lvmbench.estimators.base import ENCODER_SAMPLED, Estimator, SurrogateParts
 from lvmbench.models.base import LatentVariableModel
 from lvmbench.objectives import Objective
 
 
-class Relaxed(nn.Module):
+class Relaxed(Estimator):
     """Common part: the annealed temperature and the relaxed / straight-through samples."""
 
+    needs_model = ("relaxable",)
+    objectives = ENCODER_SAMPLED
     hard_decoder_input = False
 
-    def __init__(self, x_dim: int, temperature: float = 1.0, anneal_rate: float = 0.0,
-                 min_temperature: float = 0.5):
+    def __init__(self, temperature: float = 1.0, anneal_rate: float = 0.0, min_temperature: float = 0.5):
         super().__init__()
         if temperature <= 0 or min_temperature <= 0 or anneal_rate < 0:
             raise ValueError("temperature and min_temperature must be > 0 and anneal_rate >= 0")
@@ -63,14 +64,26 @@ class Relaxed(nn.Module):
 class Gumbel(Relaxed):
     """Concrete / Gumbel-softmax: the decoder sees the relaxed sample (biased)."""
 
+    @classmethod
+    def bias(cls, objective: Objective, K: int) -> str | None:
+        """biased for any temperature > 0 (the Concrete relaxation)"""
+        return "the Concrete relaxation is biased for any temperature > 0"
+
 
 class StraightThrough(Relaxed):
     """Straight-through: hard sample forward, relaxed gradient backward; VQ-VAE's own ST (biased)."""
 
+    needs_model = ("relaxable", "straight_through")
+    objectives = ("elbo", "iwae")
     hard_decoder_input = True
 
+    @classmethod
+    def bias(cls, objective: Objective, K: int) -> str | None:
+        """always biased"""
+        return "straight-through gradients are biased"
+
     def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
-        if not hasattr(model, "straight_through_parts"):
+        if not model.straight_through:
             return super().forward(model, objective, x, K)
         log_w, codebook, commitment = model.straight_through_parts(x)
         f = objective.decoder(log_w)  # (B,)

@@ -14,32 +14,33 @@ estimators are unbiased for every objective they declare.
 
 from __future__ import annotations
 
-import math
-
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
-from lvmbench.estimators.base import SurrogateParts
+from lvmbench.estimators.base import ENCODER_SAMPLED, Estimator, SurrogateParts
 from lvmbench.models.base import LatentVariableModel, log_weights, mlp
 from lvmbench.objectives import Objective
+from lvmbench.stats import log_mean_exp
 
 
-def score(model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+class Score(Estimator):
     """REINFORCE: surrogate f + stop(f) * sum_k log r(z_k), z drawn without a path.
 
     The proposal r is the encoder, or the prior for ``prior_mc`` (then the score term
     reaches theta, and phi gets no gradient).
     """
-    lw = log_weights(model, x, K, objective.proposal, rsample=False)
-    f_enc = objective.encoder(lw.log_w)
-    surrogate = (f_enc + f_enc.detach() * lw.log_rz.sum(0)).mean()
-    if objective.shared(K):
-        return SurrogateParts(surrogate, surrogate, f_enc.detach())
-    f_dec = objective.decoder(lw.log_w)
-    return SurrogateParts(f_dec.mean(), surrogate, f_dec.detach())
+
+    def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+        lw = log_weights(model, x, K, objective.proposal, rsample=False)
+        f_enc = objective.encoder(lw.log_w)
+        surrogate = (f_enc + f_enc.detach() * lw.log_rz.sum(0)).mean()
+        if objective.shared(K):
+            return SurrogateParts(surrogate, surrogate, f_enc.detach())
+        f_dec = objective.decoder(lw.log_w)
+        return SurrogateParts(f_dec.mean(), surrogate, f_dec.detach())
 
 
-class ScoreBaseline(nn.Module):
+class ScoreBaseline(Estimator):
     """NVIL: learning signal (f - b_psi(x)) / max(1, s), s a running std of f - b_psi(x).
 
     The baseline network is trained alongside to minimise E[(f - b_psi(x))^2]. A baseline
@@ -47,6 +48,8 @@ class ScoreBaseline(nn.Module):
     whole encoder surrogate by max(1, s), i.e. it adapts the encoder's step size and keeps
     the direction unbiased (exactly unbiased at fixed statistics, as in ``eval()`` mode).
     """
+
+    objectives = ENCODER_SAMPLED
 
     def __init__(self, x_dim: int, hidden: int = 100, momentum: float = 0.9):
         super().__init__()
@@ -68,16 +71,21 @@ class ScoreBaseline(nn.Module):
         return SurrogateParts(f_dec.mean(), encoder, f_dec.detach(), baseline)
 
 
-def vimco(model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+class VIMCO(Estimator):
     """VIMCO: sample k's learning signal is L_K - L_K^{-k}, where L_K^{-k} replaces log w_k
     by the mean of the other K-1 log-weights (a geometric-mean stand-in)."""
-    lw = log_weights(model, x, K, objective.proposal, rsample=False)
-    log_w = lw.log_w  # (K, B)
-    f = objective.encoder(log_w)  # (B,)
-    others_mean = (log_w.sum(0, keepdim=True) - log_w) / (K - 1)  # (K, B)
-    eye = torch.eye(K, dtype=torch.bool, device=x.device).unsqueeze(-1)  # (K, K, 1)
-    loo = torch.where(eye, others_mean.unsqueeze(1), log_w.unsqueeze(0))  # (K, K, B): row k has w_k replaced
-    L_minus = loo.logsumexp(1) - math.log(K)  # (K, B)
-    signal = (f.unsqueeze(0) - L_minus).detach()
-    surrogate = (f + (signal * lw.log_rz).sum(0)).mean()
-    return SurrogateParts(surrogate, surrogate, f.detach())
+
+    objectives = ("iwae",)
+    min_K = 2
+
+    def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
+        lw = log_weights(model, x, K, objective.proposal, rsample=False)
+        log_w = lw.log_w  # (K, B)
+        f = objective.encoder(log_w)  # (B,)
+        others_mean = (log_w.sum(0, keepdim=True) - log_w) / (K - 1)  # (K, B)
+        eye = torch.eye(K, dtype=torch.bool, device=x.device).unsqueeze(-1)  # (K, K, 1)
+        loo = torch.where(eye, others_mean.unsqueeze(1), log_w.unsqueeze(0))  # (K, K, B): row k has w_k replaced
+        L_minus = log_mean_exp(loo, dim=1)  # (K, B)
+        signal = (f.unsqueeze(0) - L_minus).detach()
+        surrogate = (f + (signal * lw.log_rz).sum(0)).mean()
+        return SurrogateParts(surrogate, surrogate, f.detach())

@@ -1,32 +1,53 @@
-"""Model registry. Each entry declares its latent type, whether the encoder is
-reparameterizable, whether log p(x) is exact, and which data kinds it models."""
+"""The model registry. Each model class declares its capabilities on itself (see
+:class:`~lvmbench.models.base.LatentVariableModel`): the kind of latent, whether the
+encoder is reparameterizable, whether log p(x) is exact (at which size), whether it can
+be relaxed or has its own straight-through parts, and which kinds of data it models.
+The registry checks those declarations when an entry is added."""
 
 from __future__ import annotations
 
-from lvmbench.models.base import Chain, LatentVariableModel, LogWeights, log_weights
+from lvmbench.errors import LvmbenchError
+from lvmbench.models.base import LatentVariableModel, LogWeights, log_weights
 from lvmbench.models.discrete import SBN, CatVAE
 from lvmbench.models.gmm import GMM
 from lvmbench.models.linear_gaussian import LinearGaussian
 from lvmbench.models.vae import VAE
 from lvmbench.models.vqvae import VQVAE
-from lvmbench.registry import LvmbenchError, Registry
+from lvmbench.registry import Registry, describe, options_of
 
-MODELS: Registry[type[LatentVariableModel]] = Registry("model")
+#: kinds of data a dataset can be and a model can declare
+DATA_KINDS = ("continuous", "binary_image")
+CAPABILITIES = ("latent_kind", "data", "reparameterizable", "exact", "relaxable", "straight_through", "deterministic")
 
-# latent: continuous | discrete; reparameterizable: q has rsample; exact: log p(x) in closed form
-# (sbn, catvae and vqvae also enumerate it on tiny sizes, for tests); data: data kinds modelled;
-# relaxable: offers relaxed_rsample (Concrete / Gumbel-softmax); straight_through: its own
-# straight-through parts (VQ-VAE); deterministic: q is one-hot, so only K=1 runs.
-_CAPS = dict(reparameterizable=False, exact=False, relaxable=False, straight_through=False, deterministic=False)
-MODELS.register("gmm", **{**_CAPS, "latent": "discrete", "exact": True, "data": ("continuous",)})(GMM)
-MODELS.register("linear_gaussian", **{**_CAPS, "latent": "continuous", "reparameterizable": True, "exact": True,
-                                      "data": ("continuous",)})(LinearGaussian)
-MODELS.register("vae", **{**_CAPS, "latent": "continuous", "reparameterizable": True,
-                          "data": ("binary_image",)})(VAE)
-MODELS.register("sbn", **{**_CAPS, "latent": "discrete", "relaxable": True, "data": ("binary_image",)})(SBN)
-MODELS.register("catvae", **{**_CAPS, "latent": "discrete", "relaxable": True, "data": ("binary_image",)})(CatVAE)
-MODELS.register("vqvae", **{**_CAPS, "latent": "discrete", "straight_through": True, "deterministic": True,
-                            "data": ("binary_image",)})(VQVAE)
+
+def _overrides(cls: type, method: str) -> bool:
+    return getattr(cls, method, None) is not getattr(LatentVariableModel, method, None)
+
+
+def _check_model(name: str, cls: type) -> None:
+    """Refuse a model class whose declarations contradict what it implements."""
+    where = f"model {name!r}"
+    if not (isinstance(cls, type) and issubclass(cls, LatentVariableModel)):
+        raise LvmbenchError(f"{where} must be a subclass of lvmbench.models.LatentVariableModel")
+    if cls.latent_kind not in ("continuous", "discrete"):
+        raise LvmbenchError(f"{where}: latent_kind must be 'continuous' or 'discrete', got {cls.latent_kind!r}")
+    if not cls.data or not set(cls.data) <= set(DATA_KINDS):
+        raise LvmbenchError(f"{where}: data must list kinds among {', '.join(DATA_KINDS)}, got {cls.data!r}")
+    for cap in ("reparameterizable", "relaxable", "straight_through", "deterministic"):
+        if not isinstance(getattr(cls, cap), bool):
+            raise LvmbenchError(f"{where}: {cap} must be True or False, got {getattr(cls, cap)!r}")
+    for cap, methods in (("exact", ("log_marginal", "posterior")), ("relaxable", ("relaxed_rsample",)),
+                         ("straight_through", ("straight_through_parts",))):
+        missing = [m for m in methods if not _overrides(cls, m)]
+        if describe(cls, cap) is not False and missing:
+            raise LvmbenchError(f"{where} declares {cap} but does not define {', '.join(missing)}")
+
+
+MODELS: Registry[type[LatentVariableModel]] = Registry(
+    "model", capabilities=CAPABILITIES, check=_check_model, options=lambda cls: options_of(cls, skip=("x_dim",)))
+for _name, _cls in (("gmm", GMM), ("linear_gaussian", LinearGaussian), ("vae", VAE), ("sbn", SBN),
+                    ("catvae", CatVAE), ("vqvae", VQVAE)):
+    MODELS.register(_name)(_cls)
 
 
 def build_model(name: str, x_dim: int, **options) -> LatentVariableModel:
@@ -38,5 +59,5 @@ def build_model(name: str, x_dim: int, **options) -> LatentVariableModel:
         raise LvmbenchError(f"model {name}: {err}") from None
 
 
-__all__ = ["MODELS", "build_model", "Chain", "LatentVariableModel", "LogWeights", "log_weights",
+__all__ = ["CAPABILITIES", "DATA_KINDS", "MODELS", "build_model", "LatentVariableModel", "LogWeights", "log_weights",
            "GMM", "LinearGaussian", "VAE", "SBN", "CatVAE", "VQVAE"]

@@ -15,7 +15,7 @@ estimators can treat them separately.
 from __future__ import annotations
 
 from contextlib import contextmanager
-from typing import Callable, Iterator, NamedTuple, Sequence
+from typing import Callable, ClassVar, Iterator, NamedTuple, Sequence
 
 import torch
 from torch import Tensor, nn
@@ -55,9 +55,27 @@ class LogWeights(NamedTuple):
 
 class LatentVariableModel(nn.Module):
     """Base class: subclasses define ``prior``, ``likelihood``, ``encoder`` and may define
-    ``log_marginal``/``posterior`` (then set ``exact = True``)."""
+    ``log_marginal``/``posterior`` (then they declare ``exact``).
 
+    Capabilities are declared on the class, as ``has_rsample`` is on a torch distribution,
+    and read from there by the registry and the planner; ``exact`` may be a property when it
+    depends on the size of the model (its docstring then says when).
+    """
+
+    #: the kind of latent: "continuous" or "discrete"
+    latent_kind: ClassVar[str]
+    #: the kinds of data modelled: "continuous", "binary_image"
+    data: ClassVar[tuple[str, ...]]
+    #: q(z|x) has rsample, so pathwise estimators apply
+    reparameterizable: ClassVar[bool] = False
+    #: exact log p(x) and p(z|x) (``log_marginal``, ``posterior``)
     exact: bool = False
+    #: offers ``relaxed_rsample`` (Concrete / Gumbel-softmax samples)
+    relaxable: ClassVar[bool] = False
+    #: offers ``straight_through_parts``, its own straight-through estimator (VQ-VAE)
+    straight_through: ClassVar[bool] = False
+    #: q(z|x) is one-hot (a quantizing encoder), so only K=1 runs
+    deterministic: ClassVar[bool] = False
     #: sizes of the latent groups (stochastic layers), for active-unit counts
     latent_sizes: tuple[int, ...] = ()
 
@@ -110,26 +128,36 @@ class LatentVariableModel(nn.Module):
         return z, self.likelihood(z).sample()
 
 
+def proposal_distribution(model: LatentVariableModel, proposal: str | Distribution, x: Tensor) -> Distribution:
+    """The proposal r(z) of an importance-sampled bound for the batch ``x``: the encoder
+    q(z|x) (batch (B,)), the prior p(z) (``"prior"``, the lecture's naive Monte Carlo; batch
+    ()), or a given distribution with batch (B,) (e.g. per-datapoint q_i in
+    :mod:`lvmbench.measure.amortization`)."""
+    if isinstance(proposal, Distribution):
+        return proposal
+    if proposal == "encoder":
+        return model.encoder(x)
+    if proposal == "prior":
+        return model.prior()
+    raise ValueError(f"unknown proposal {proposal!r}")
+
+
 def log_weights(model: LatentVariableModel, x: Tensor, K: int, proposal: str | Distribution = "encoder",
                 rsample: bool = True) -> LogWeights:
-    """Draw K samples per data point from the proposal and return their log-weights.
-
-    All K samples go through one batched call: z is shaped (K, B, ...).
-    ``proposal="prior"`` is the lecture's naive Monte Carlo, r(z) = p(z). A ``Distribution``
-    with batch shape (B,) is used as r itself (e.g. per-datapoint q_i in
-    :mod:`lvmbench.amortization`).
-    """
-    B = x.shape[0]
-    if isinstance(proposal, Distribution):
-        r, shape = proposal, (K,)
-    elif proposal == "encoder":
-        r, shape = model.encoder(x), (K,)
-    elif proposal == "prior":
-        r, shape = model.prior(), (K, B)
-    else:
-        raise ValueError(f"unknown proposal {proposal!r}")
+    """Draw K samples per data point from the proposal (:func:`proposal_distribution`) and
+    return their log-weights. All K samples go through one batched call: z is shaped
+    (K, B, ...); a proposal without a batch (the prior) draws K x B samples."""
+    r = proposal_distribution(model, proposal, x)
+    shape = (K,) if r.batch_shape else (K, x.shape[0])
     z = r.rsample(shape) if rsample else r.sample(shape)
     return LogWeights(z, model.prior().log_prob(z), model.likelihood(z).log_prob(x), r.log_prob(z))
+
+
+def set_output_bias(layer: nn.Linear, x_train: Tensor) -> None:
+    """Burda et al.'s output bias: logit of the mean training pixel, clipped to [0.001, 0.999]."""
+    p = x_train.mean(0).clamp(1e-3, 1 - 1e-3)
+    with torch.no_grad():
+        layer.bias.copy_(torch.logit(p))
 
 
 def mlp(sizes: Sequence[int], activation: Callable[[], nn.Module] = nn.Tanh) -> nn.Sequential:

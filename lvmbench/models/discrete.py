@@ -21,13 +21,25 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
 
-from lvmbench.models.base import Chain, LatentVariableModel, mlp
+from lvmbench.models.base import Chain, LatentVariableModel, mlp, set_output_bias
 
 MAX_ENUMERABLE_STATES = 4096
 
 
 class EnumerableLatents(LatentVariableModel):
     """Exact log p(x) and p(z | x) by summing over every latent configuration."""
+
+    latent_kind = "discrete"
+    data = ("binary_image",)
+
+    @property
+    def exact(self) -> bool:
+        """when its latents take at most 4096 joint values (then enumerated)"""
+        return self.n_states() <= MAX_ENUMERABLE_STATES
+
+    def n_states(self) -> int:
+        """The number of joint latent configurations."""
+        raise NotImplementedError
 
     def latent_states(self) -> Tensor:
         """Every latent configuration: (S, *event_shape)."""
@@ -53,21 +65,23 @@ def _straight_through(hard: Tensor, soft: Tensor) -> Tensor:
 class SBN(EnumerableLatents):
     """Sigmoid belief net with one or more layers of binary latent units."""
 
+    relaxable = True
+
     def __init__(self, x_dim: int, latent: list[int] | None = None, hidden: list[int] | None = None):
         super().__init__()
         latent = list(latent or [200])
         hidden = list(hidden or [])  # deterministic tanh layers inside each conditional
         self.latent_sizes = tuple(latent)
-        self.exact = 2 ** sum(latent) <= MAX_ENUMERABLE_STATES
         ins = [x_dim, *latent[:-1]]
         self.encoder_net = nn.ModuleList(mlp([i, *hidden, z]) for i, z in zip(ins, latent))
         self.decoder_nets = nn.ModuleList(mlp([z, *hidden, i]) for i, z in zip(ins, latent))  # z_l -> layer below
         self.prior_logits = nn.Parameter(torch.zeros(latent[-1]))
 
     def init_from_data(self, x_train: Tensor) -> None:
-        p = x_train.mean(0).clamp(1e-3, 1 - 1e-3)
-        with torch.no_grad():
-            self.decoder_nets[0][-1].bias.copy_(torch.logit(p))
+        set_output_bias(self.decoder_nets[0][-1], x_train)
+
+    def n_states(self) -> int:
+        return 2 ** sum(self.latent_sizes)
 
     @staticmethod
     def _bern(logits: Tensor) -> Independent:
@@ -116,20 +130,22 @@ class SBN(EnumerableLatents):
 class CatVAE(EnumerableLatents):
     """VAE with N one-hot categorical latents of C classes (Jang et al. 2017: 20 x 10)."""
 
+    relaxable = True
+
     def __init__(self, x_dim: int, variables: int = 20, classes: int = 10, hidden: list[int] | None = None):
         super().__init__()
         hidden = list(hidden or [512, 256])
         self.shape = (variables, classes)
         self.latent_sizes = (variables,)
-        self.exact = classes ** variables <= MAX_ENUMERABLE_STATES
         self.encoder_net = mlp([x_dim, *hidden, variables * classes], nn.ReLU)
         self.decoder_net = mlp([variables * classes, *hidden[::-1], x_dim], nn.ReLU)
         self.register_buffer("prior_logits", torch.zeros(variables, classes))
 
     def init_from_data(self, x_train: Tensor) -> None:
-        p = x_train.mean(0).clamp(1e-3, 1 - 1e-3)
-        with torch.no_grad():
-            self.decoder_net[-1].bias.copy_(torch.logit(p))
+        set_output_bias(self.decoder_net[-1], x_train)
+
+    def n_states(self) -> int:
+        return self.shape[1] ** self.shape[0]
 
     def prior(self) -> Independent:
         return Independent(OneHotCategorical(logits=self.prior_logits), 1)

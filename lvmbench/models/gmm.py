@@ -20,6 +20,8 @@ from lvmbench.models.base import LatentVariableModel, mlp
 class GMM(LatentVariableModel):
     """Gaussian mixture: discrete z over C components, full-covariance Gaussians."""
 
+    latent_kind = "discrete"
+    data = ("continuous",)
     exact = True
 
     def __init__(self, x_dim: int, components: int = 3, learn_prior: bool = False,

@@ -47,6 +47,9 @@ class _AffineGaussianEncoder(nn.Module):
 class LinearGaussian(LatentVariableModel):
     """Continuous z with a linear-Gaussian decoder; exact log p(x), posterior and ELBO."""
 
+    latent_kind = "continuous"
+    data = ("continuous",)
+    reparameterizable = True
     exact = True
 
     def __init__(self, x_dim: int, z_dim: int | None = None, decoder: str = "identity",

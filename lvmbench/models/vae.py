@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Distribution, Independent, Normal
 
-from lvmbench.models.base import Chain, LatentVariableModel, mlp
+from lvmbench.models.base import Chain, LatentVariableModel, mlp, set_output_bias
 from lvmbench.models.flow import build_flow
 
 #: Burda et al.'s architectures, by number of stochastic layers: (hidden sizes per layer, latent sizes)
@@ -50,6 +50,10 @@ class GaussianLayer(nn.Module):
 class VAE(LatentVariableModel):
     """Bernoulli VAE with Gaussian latents, 1 or 2 stochastic layers (Burda et al. 2016)."""
 
+    latent_kind = "continuous"
+    data = ("binary_image",)
+    reparameterizable = True
+
     def __init__(self, x_dim: int, layers: int = 1, hidden: list[list[int]] | None = None,
                  latent: list[int] | None = None, flow: dict | None = None):
         super().__init__()
@@ -71,10 +75,7 @@ class VAE(LatentVariableModel):
         self.register_buffer("prior_loc", torch.zeros(latent[-1]))
 
     def init_from_data(self, x_train: Tensor) -> None:
-        """Output bias = logit of the clipped mean training pixel (Burda et al.)."""
-        p = x_train.mean(0).clamp(1e-3, 1 - 1e-3)
-        with torch.no_grad():
-            self.decoder_out[-1].bias.copy_(torch.logit(p))
+        set_output_bias(self.decoder_out[-1], x_train)
 
     def prior(self) -> Distribution:
         top = Independent(Normal(self.prior_loc, torch.ones_like(self.prior_loc)), 1)

@@ -24,12 +24,15 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Bernoulli, Categorical, Independent
 
-from lvmbench.models.base import mlp
-from lvmbench.models.discrete import EnumerableLatents, MAX_ENUMERABLE_STATES
+from lvmbench.models.base import mlp, set_output_bias
+from lvmbench.models.discrete import EnumerableLatents
 
 
 class VQVAE(EnumerableLatents):
     """VQ-VAE: nearest-code quantization, straight-through gradients, uniform code prior."""
+
+    straight_through = True
+    deterministic = True
 
     def __init__(self, x_dim: int, positions: int = 16, codebook: int = 64, dim: int = 16,
                  hidden: list[int] | None = None, beta: float = 0.25):
@@ -37,7 +40,6 @@ class VQVAE(EnumerableLatents):
         hidden = list(hidden or [512, 256])
         self.P, self.C, self.D, self.beta = positions, codebook, dim, beta
         self.latent_sizes = (positions,)
-        self.exact = codebook ** positions <= MAX_ENUMERABLE_STATES
         self.encoder_net = mlp([x_dim, *hidden, positions * dim], nn.ReLU)
         self.codebook = nn.Embedding(codebook, dim)
         nn.init.uniform_(self.codebook.weight, -1 / codebook, 1 / codebook)
@@ -45,9 +47,10 @@ class VQVAE(EnumerableLatents):
         self.register_buffer("code_logits", torch.zeros(positions, codebook))  # learned sampling prior
 
     def init_from_data(self, x_train: Tensor) -> None:
-        p = x_train.mean(0).clamp(1e-3, 1 - 1e-3)
-        with torch.no_grad():
-            self.decoder_net[-1].bias.copy_(torch.logit(p))
+        set_output_bias(self.decoder_net[-1], x_train)
+
+    def n_states(self) -> int:
+        return self.C ** self.P
 
     def z_e(self, x: Tensor) -> Tensor:
         return self.encoder_net(x).unflatten(-1, (self.P, self.D))  # (B, P, D)

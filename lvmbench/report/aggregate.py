@@ -27,9 +27,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from lvmbench.io import atomic_write, load_json, save_csv
-from lvmbench.paper import describe_schedule, published_table
-from lvmbench.registry import LvmbenchError
+from lvmbench.errors import LvmbenchError
+from lvmbench.io import atomic_write, save_csv
+from lvmbench.report.paper import describe_schedule, published_table
+from lvmbench.runs import RunDir
 
 RUN_KEYS = ["experiment", "dataset", "model", "objective", "K", "estimator", "seed"]
 GROUP_KEYS = RUN_KEYS[:-1]
@@ -52,17 +53,9 @@ def _warn(message: str) -> None:
 
 
 def read_cell(run: str | Path) -> dict:
-    """The run's cell.json as a dict with its ``cell`` id and ``run`` path added."""
-    path = Path(run) / "cell.json"
-    if not path.exists():
-        raise LvmbenchError(f"{run} is not a run directory: no cell.json (write it with lvmbench train)")
-    c = load_json(path)
-    return {**c, "cell": "/".join([c["experiment"], c["dataset"], c["model"], c["objective"], f"K{c['K']}",
-                                   c["estimator"], f"seed{c['seed']}"]), "run": str(run)}
-
-
-def _optional_json(path: Path) -> dict | None:
-    return load_json(path) if path.exists() else None
+    """The run's training spec as a dict with its ``cell`` id and ``run`` path added."""
+    cell = RunDir(run).read_cell()
+    return {**cell.to_dict(), "cell": cell.id, "run": str(run)}
 
 
 def _finite(*values) -> bool:
@@ -104,13 +97,13 @@ def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
     ordering_checks, gradvar)."""
     rows, curves, ordering, checks, gradvar = [], [], [], [], []
     for run in runs:
-        run = Path(run)
+        rd = RunDir(run)
         c = read_cell(run)
-        trained, ev = _optional_json(run / "train.json"), _optional_json(run / "eval.json")
+        trained, ev = rd.read_json("train"), rd.read_json("eval")
         if trained is None:
             _warn(f"{run} ({c['cell']}) has no train.json: training did not finish; its row has status "
                   f"'not trained'")
-        rows.append(_summary_row(c, trained, ev, _optional_json(run / "amortization.json")))
+        rows.append(_summary_row(c, trained, ev, rd.read_json("amortization")))
         ids = {k: c[k] for k in ("cell", *RUN_KEYS)}
         if ev is not None:
             curves += [{"cell": c["cell"], **p} for p in ev.get("bound_curve", [])]
@@ -119,8 +112,9 @@ def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
             ordering.append({**ids, "passed": ev.get("ordering_passed"), "worst_z": ev.get("ordering_worst_z"),
                              "worst": ev.get("ordering_worst"), "threshold": ev.get("ordering_threshold"),
                              "n_checks": len(ev.get("ordering_checks", [])), "n_failed": failed})
-        if (run / "gradvar.csv").exists():
-            gradvar.append(pd.read_csv(run / "gradvar.csv"))
+        table = rd.read_table("gradvar")
+        if table is not None:
+            gradvar.append(table)
     ids = [r["cell"] for r in rows]
     dupes = sorted({i for i in ids if ids.count(i) > 1})
     if dupes:

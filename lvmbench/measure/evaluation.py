@@ -16,7 +16,8 @@ import math
 import sys
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Iterator
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import pandas as pd
@@ -24,9 +25,13 @@ import torch
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from lvmbench.data import binarize
+from lvmbench.errors import LvmbenchError
+from lvmbench.io import save_json
 from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights
-from lvmbench.registry import LvmbenchError
+from lvmbench.rng import forked_rng
+from lvmbench.runs import RunDir, load_trained
+from lvmbench.settings import EvalSettings
+from lvmbench.stats import log_mean_exp, mean_se
 
 
 def chunk_size(K_eval: int, k_grid: list[int], max_chunk: int) -> int:
@@ -57,7 +62,7 @@ class StreamingGroupedLME:
         c = log_w.shape[0]
         log_w = log_w.double()
         if c % self.k == 0:  # whole groups in this chunk
-            lme = log_w.reshape(c // self.k, self.k, -1).logsumexp(1) - math.log(self.k)
+            lme = log_mean_exp(log_w.reshape(c // self.k, self.k, -1), dim=1)
             self.total += lme.sum(0)
             self.groups += c // self.k
             return
@@ -113,13 +118,14 @@ def _batch_bounds(model: LatentVariableModel, xb: Tensor, K_eval: int, k_grid: l
 @torch.no_grad()
 def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
                     k_grid: list[int] | None = None, batch_size: int = 100,
-                    max_samples: int = 200_000, binarize_data: bool = False, seed: int = 0,
-                    progress: bool = True) -> PointEstimates:
+                    max_samples: int = 200_000, observe: Callable[[Tensor, torch.Generator], Tensor] | None = None,
+                    seed: int = 0, progress: bool = True) -> PointEstimates:
     """L_k for every k in ``k_grid`` (divisors of K_eval; K_eval is always included) on every
     test point, with ``batch_size`` points per pass and chunks of at most
     ``max_samples / batch_size`` samples. Seeded: the same seed gives the same numbers.
-    ``binarize_data`` resamples binary pixels with the same seed (Burda's dynamic binarization
-    of test batches). A chunk that runs out of GPU memory is retried with half as many
+    ``observe`` is the dataset's policy for what the model sees (``Dataset.observe``: for
+    dynamically binarized data a fresh binarization of each test batch, as in Burda et al.),
+    drawn with a generator seeded with ``seed``; None shows ``x`` as it is. A chunk that runs out of GPU memory is retried with half as many
     samples (the estimate stays valid; its random numbers then differ from an uninterrupted run)."""
     k_grid = sorted(set(k_grid or []) | {K_eval})
     bad = [k for k in k_grid if k < 1 or K_eval % k]
@@ -129,14 +135,12 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
     gen = torch.Generator(device=x.device).manual_seed(seed)
     was_training = model.training
     model.eval()
-    fork_devices = [x.device] if x.device.type == "cuda" else []
     bounds, ess, exact = [], [], []
-    with torch.random.fork_rng(devices=fork_devices), fast_distributions(), full_fp32():
-        torch.manual_seed(seed)
+    with forked_rng(x.device, seed), fast_distributions(), full_fp32():
         for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", disable=not progress, unit="batch"):
             xb = x[start:start + batch_size]
-            if binarize_data:
-                xb = binarize(xb, gen)
+            if observe is not None:
+                xb = observe(xb, gen)
             while True:
                 try:
                     b, e = _batch_bounds(model, xb, K_eval, k_grid, c)
@@ -157,11 +161,6 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
     model.train(was_training)
     return PointEstimates(k_grid, torch.cat(bounds).numpy(), torch.cat(ess).numpy(),
                           torch.cat(exact).numpy() if exact else None)
-
-
-def mean_se(values: np.ndarray) -> tuple[float, float]:
-    """Mean and standard error over test points."""
-    return float(values.mean()), float(values.std(ddof=1) / math.sqrt(len(values))) if len(values) > 1 else 0.0
 
 
 def bound_ordering(est: PointEstimates, threshold: float = 3.0) -> pd.DataFrame:
@@ -194,8 +193,7 @@ def active_units(model: LatentVariableModel, x: Tensor, threshold: float = 1e-2,
     Cov_x(E_q[u | x]) > threshold. E_q[u | x] is the encoder mean where the distribution
     has one, else a Monte Carlo mean of ``samples`` draws (hierarchical encoders).
     Discrete (index-valued) latents have no units: the result is empty."""
-    with torch.random.fork_rng(devices=[x.device] if x.device.type == "cuda" else []):
-        torch.manual_seed(seed)
+    with forked_rng(x.device, seed):
         q = model.encoder(x)
         if not q.event_shape:
             return []
@@ -229,3 +227,23 @@ def summarize(est: PointEstimates, threshold: float = 3.0) -> dict:
         "ordering_threshold": threshold,
     }
 
+
+
+def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), device: torch.device | str | None = None,
+                 data_dir: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
+    """Evaluate a trained run with ``settings`` and write ``eval.json`` (or ``out``), which
+    records the settings; returns the result."""
+    trained = load_trained(run, device=device, data_dir=data_dir)
+    model, data, s = trained.model, trained.data, settings
+    device = next(model.parameters()).device
+    x_test = data.test[: s.n_test or None].to(device)
+    est = estimate_bounds(model, x_test, s.K_eval, list(s.k_grid), s.batch_size, s.max_samples,
+                          observe=data.observe, seed=s.seed, progress=progress)
+    result = {"cell": trained.cell.id, **summarize(est, s.ordering_threshold),
+              "active_units": active_units(model, data.train[: s.active_units_n].to(device), seed=s.seed),
+              "device": str(device), "settings": s.to_dict()}
+    if out is None:
+        RunDir(run).write_json("eval", result)
+    else:
+        save_json(result, out)
+    return result

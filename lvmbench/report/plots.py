@@ -39,8 +39,12 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from lvmbench.aggregate import read_cell  # noqa: E402
+from lvmbench.data import DATASETS  # noqa: E402
+from lvmbench.errors import LvmbenchError  # noqa: E402
 from lvmbench.io import atomic_write  # noqa: E402
+from lvmbench.report.aggregate import read_cell  # noqa: E402
+from lvmbench.rng import forked_rng  # noqa: E402
+from lvmbench.runs import RunDir, load_trained  # noqa: E402
 
 FORMATS = ("png", "pdf")
 DPI = 120
@@ -90,9 +94,10 @@ def _log_axis(ax: plt.Axes, values) -> None:
 class Inputs:
     """The tables and run directories a figure may need; missing tables are noted once."""
 
-    def __init__(self, tables: str | Path, runs: list[str | Path]):
+    def __init__(self, tables: str | Path, runs: list[str | Path], data_dir: str | None = None):
         self.dir = Path(tables)
         self.cells = [read_cell(r) for r in runs]
+        self.data_dir = data_dir
         self._tables: dict[str, pd.DataFrame | None] = {}
 
     def table(self, name: str) -> pd.DataFrame | None:
@@ -112,12 +117,10 @@ class Inputs:
     def trained(self, figure: str, keep: Callable[[dict], bool]) -> Iterator[tuple[str, object, object, object]]:
         """(figure name, cell, data, model on the CPU in eval mode) for one trained run per
         (experiment, dataset, model, objective) among those ``keep`` accepts: first seed,
-        then largest K, then first estimator. The global RNG is seeded with 0 for each."""
-        from lvmbench.registry import LvmbenchError
-        from lvmbench.train import load_trained
-
+        then largest K, then first estimator. Each figure draws from the global RNG seeded with 0,
+        on a fork of the caller's."""
         chosen: dict[tuple, dict] = {}
-        ranked = sorted((c for c in self.cells if keep(c) and (Path(c["run"]) / "checkpoint.pt").exists()),
+        ranked = sorted((c for c in self.cells if keep(c) and RunDir(c["run"]).checkpoint.exists()),
                         key=lambda c: (c["seed"], -c["K"], c["estimator"]))
         for c in ranked:
             chosen.setdefault((c["experiment"], c["dataset"], c["model"], c["objective"]), c)
@@ -125,12 +128,12 @@ class Inputs:
             _note(f"{figure}: no trained runs of the right kind")
         for key, c in chosen.items():
             try:
-                cell, data, model = load_trained(c["run"], device=torch.device("cpu"))
+                cell, data, model, _, _ = load_trained(c["run"], device=torch.device("cpu"), data_dir=self.data_dir)
             except LvmbenchError as err:
                 _note(f"{figure} {c['cell']}: cannot load the trained model ({err})")
                 continue
-            torch.manual_seed(0)
-            yield _slug(figure, *key), cell, data, model.eval()
+            with forked_rng(torch.device("cpu"), seed=0):
+                yield _slug(figure, *key), cell, data, model.eval()
 
 
 # --------------------------------------------------------------------------------------------
@@ -220,10 +223,9 @@ def snr_vs_k(inp: Inputs) -> Figures:
 
 
 def training_curves(inp: Inputs) -> Figures:
-    frames = [pd.read_csv(Path(c["run"]) / "train.csv").assign(**{k: c[k] for k in ("cell", *PANEL, "objective",
-                                                                                      "K", "estimator", "seed")})
-              for c in inp.cells if (Path(c["run"]) / "train.csv").exists()]
-    frames = [f for f in frames if not f.empty]
+    curves = [(c, RunDir(c["run"]).read_table("train")) for c in inp.cells]
+    frames = [curve.assign(**{k: c[k] for k in ("cell", *PANEL, "objective", "K", "estimator", "seed")})
+              for c, curve in curves if curve is not None and not curve.empty]
     if not frames:
         _note("training_curves: no train.csv in the runs")
         return
@@ -242,9 +244,7 @@ def training_curves(inp: Inputs) -> Figures:
 # figures from trained models
 # --------------------------------------------------------------------------------------------
 def _dataset_kind(c: dict) -> str | None:
-    from lvmbench.data import DATASETS
-
-    return DATASETS[c["dataset"]].kind if c["dataset"] in DATASETS else None
+    return DATASETS[c["dataset"]].obj.kind if c["dataset"] in DATASETS else None
 
 
 def _mean(dist) -> torch.Tensor:
@@ -353,9 +353,10 @@ def published(inp: Inputs) -> Figures:
 FIGURES = (nll_vs_k, bound_curve, snr_vs_k, training_curves, samples, gmm, published)
 
 
-def plot_all(tables: str | Path, runs: list[str | Path], out: str | Path) -> list[Path]:
-    """Draw every figure whose inputs exist into ``out`` (PNG and PDF); returns the files written."""
-    inp, written = Inputs(tables, runs), []
+def plot_all(tables: str | Path, runs: list[str | Path], out: str | Path, data_dir: str | None = None) -> list[Path]:
+    """Draw every figure whose inputs exist into ``out`` (PNG and PDF); returns the files written.
+    ``data_dir`` is where the runs' datasets are found (for samples and densities)."""
+    inp, written = Inputs(tables, runs, data_dir), []
     Path(out).mkdir(parents=True, exist_ok=True)  # exists even when no figure has its inputs
     with sns.axes_style("whitegrid"), sns.plotting_context("paper"):
         for figure in FIGURES:

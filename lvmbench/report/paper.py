@@ -21,7 +21,7 @@ import math
 import numpy as np
 import pandas as pd
 
-from lvmbench.registry import LvmbenchError
+from lvmbench.errors import LvmbenchError
 
 METRICS = ("nll", "log_px", "snr_slope")
 REQUIRED = ("experiment", "dataset", "model", "objective", "metric", "value", "tolerance", "source")

@@ -49,9 +49,14 @@ from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints, transform_to
 from tqdm.auto import tqdm
 
+from lvmbench.errors import LvmbenchError
+from lvmbench.io import save_csv, save_json
 from lvmbench.models.base import LatentVariableModel, log_weights
-from lvmbench.objectives import Objective, grouped_iwae, iwae
-from lvmbench.registry import LvmbenchError
+from lvmbench.objectives import Objective, grouped_iwae, make_objective
+from lvmbench.rng import forked_rng
+from lvmbench.runs import RunDir, load_trained
+from lvmbench.settings import AmortizeSettings, Cell
+from lvmbench.stats import log_mean_exp, mean_se
 
 
 # ---------------------------------------------------------------------------------------
@@ -123,10 +128,6 @@ def group_sizes(objective: Objective, K: int) -> list[tuple[int, float]]:
     return [(K // M, weight) for M, weight in objective.encoder_terms(K)]
 
 
-def _fork_devices(x: Tensor) -> list:
-    return [x.device] if x.device.type == "cuda" else []
-
-
 @torch.no_grad()
 def crn_bounds(model: LatentVariableModel, x: Tensor, q: Distribution, objective: Objective, K: int,
                K_eval: int, seed: int, max_samples: int = 200_000) -> tuple[Tensor, Tensor]:
@@ -139,14 +140,13 @@ def crn_bounds(model: LatentVariableModel, x: Tensor, q: Distribution, objective
     Samples are drawn in chunks of at most ``max_samples / N`` (memory bound)."""
     N = x.shape[0]
     chunk = max(1, min(K_eval, max_samples // max(N, 1)))
-    with torch.random.fork_rng(devices=_fork_devices(x)):
-        torch.manual_seed(seed)
+    with forked_rng(x.device, seed):
         parts = []
         for start in range(0, K_eval, chunk):
             parts.append(log_weights(model, x, min(chunk, K_eval - start), proposal=q).log_w.double())
     log_w = torch.cat(parts)  # (K_eval, N)
     bound = sum(weight * grouped_iwae(log_w, K_eval // g) for g, weight in group_sizes(objective, K))
-    return bound, iwae(log_w)
+    return bound, log_mean_exp(log_w)
 
 
 # ---------------------------------------------------------------------------------------
@@ -206,31 +206,20 @@ class AmortizationResult:
         estimates per point (a lower bound, so the approximation gap is then a lower estimate)."""
         log_px = self.exact_log_px if self.exact_log_px is not None else torch.maximum(
             self.log_px_amortized, self.log_px_per_datapoint)
-        mean, se = _mean, _se
-        return {
-            "n_points": int(self.gap.shape[0]), "steps": self.steps, "K": self.K, "K_eval": self.K_eval,
-            "objective": self.objective, "lr": self.lr, "check_every": self.check_every, "seed": self.seed,
-            "family": self.family,
-            "bound_amortized": mean(self.bound_amortized), "bound_amortized_se": se(self.bound_amortized),
-            "bound_per_datapoint": mean(self.bound_per_datapoint),
-            "bound_per_datapoint_se": se(self.bound_per_datapoint),
-            "gap": mean(self.gap), "gap_se": se(self.gap),
-            "improved_fraction": float((self.gap > 0).double().mean()),
-            "log_px": mean(log_px), "log_px_exact": self.exact_log_px is not None,
-            "approximation_gap": mean(log_px - self.bound_per_datapoint),
-            "approximation_gap_se": se(log_px - self.bound_per_datapoint),
-            "log_px_amortized": mean(self.log_px_amortized),
-            "log_px_per_datapoint": mean(self.log_px_per_datapoint),
-        }
-
-
-def _mean(v: Tensor) -> float:
-    return float(v.mean())
-
-
-def _se(v: Tensor) -> float:
-    return float(v.std(unbiased=True) / math.sqrt(v.numel())) if v.numel() > 1 else 0.0
-
+        out = {"n_points": int(self.gap.shape[0]), "steps": self.steps, "K": self.K, "K_eval": self.K_eval,
+               "objective": self.objective, "lr": self.lr, "check_every": self.check_every, "seed": self.seed,
+               "family": self.family}
+        for name, values, with_se in (
+                ("bound_amortized", self.bound_amortized, True),
+                ("bound_per_datapoint", self.bound_per_datapoint, True), ("gap", self.gap, True),
+                ("log_px", log_px, False), ("approximation_gap", log_px - self.bound_per_datapoint, True),
+                ("log_px_amortized", self.log_px_amortized, False),
+                ("log_px_per_datapoint", self.log_px_per_datapoint, False)):
+            out[name], se = mean_se(values)
+            if with_se:
+                out[f"{name}_se"] = se
+        return {**out, "improved_fraction": float((self.gap > 0).double().mean()),
+                "log_px_exact": self.exact_log_px is not None}
 
 
 def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Objective, K: int,
@@ -278,8 +267,7 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
         best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
         opt = torch.optim.Adam(free.params(), lr=lr)
-        with torch.random.fork_rng(devices=_fork_devices(x)):
-            torch.manual_seed(seed)
+        with forked_rng(x.device, seed):
             for step in tqdm(range(1, steps + 1), desc="per-datapoint", disable=not progress, unit="step"):
                 lw = log_weights(model, x, K, proposal=free.distribution())
                 f = objective.encoder(lw.log_w)  # (N,)
@@ -314,51 +302,38 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
 # ---------------------------------------------------------------------------------------
 # a trained run
 # ---------------------------------------------------------------------------------------
-def default_objective(cell) -> Objective:
+def default_objective(cell: Cell) -> Objective:
     """The run's objective when it is a sampled bound with the encoder as proposal, else
     the ELBO (for runs trained with ``exact`` or ``prior_mc``)."""
-    from lvmbench.objectives import make_objective
-
     objective = make_objective(cell.objective_name, **cell.objective_options)
     if objective.sampled and objective.proposal == "encoder":
         return objective
     return make_objective("elbo")
 
 
-def amortize_run(run: str | Path, n_test: int = 100, steps: int = 300, lr: float = 1e-2, K: int | None = None,
-                 K_eval: int | None = None, objective: str | None = None, check_every: int = 10,
-                 seed: int | None = None, device: torch.device | None = None, out: str | Path | None = None,
-                 progress: bool = True) -> dict:
-    """Per-datapoint inference on the first ``n_test`` test points (0 = all) of a trained run.
+def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(),
+                 device: torch.device | str | None = None, data_dir: str | None = None,
+                 out: str | Path | None = None, progress: bool = True) -> dict:
+    """Per-datapoint inference on the first ``settings.n_test`` test points (0 = all) of a
+    trained run.
 
-    Defaults: the run's objective (:func:`default_objective`) and K, the cell's eval seed, and
-    K_eval = the smallest multiple of K that is >= 1000. Writes the summary JSON to ``out``
-    (default RUN/amortization.json) and the per-point table next to it (``.csv``); returns
-    the summary.
+    Defaults: the run's objective (:func:`default_objective`) and K, and K_eval = the
+    smallest multiple of K that is >= 1000. Writes the summary, with the settings it was
+    computed with, to ``out`` (default RUN/amortization.json) and the per-point table next
+    to it (``.csv``); returns the summary.
     """
-    from lvmbench.data import binarize
-    from lvmbench.io import save_csv, save_json
-    from lvmbench.objectives import make_objective
-    from lvmbench.train import load_trained
-
-    cell, data, model = load_trained(run, device=device)
-    obj = make_objective(objective) if objective else default_objective(cell)
-    K = K or cell.K
-    K_eval = K_eval or K * math.ceil(1000 / K)
-    seed = cell.eval.seed if seed is None else seed
+    s = settings
+    cell, data, model, _, _ = load_trained(run, device=device, data_dir=data_dir)
+    obj = make_objective(s.objective) if s.objective else default_objective(cell)
+    K = s.K or cell.K
+    K_eval = s.K_eval or K * math.ceil(1000 / K)
     dev = next(model.parameters()).device
-    x = data.test[: n_test or None].to(dev)
-    if data.binarize == "dynamic":  # one fixed binarization, as in lvmbench evaluate
-        x = binarize(x, torch.Generator(device=dev).manual_seed(seed))
-    result = per_datapoint_inference(model, x, obj, K, steps=steps, lr=lr, K_eval=K_eval,
-                                     check_every=check_every, seed=seed, max_samples=cell.eval.max_samples,
+    x = data.observe(data.test[: s.n_test or None].to(dev), torch.Generator(device=dev).manual_seed(s.seed))
+    result = per_datapoint_inference(model, x, obj, K, steps=s.steps, lr=s.lr, K_eval=K_eval,
+                                     check_every=s.check_every, seed=s.seed, max_samples=s.max_samples,
                                      progress=progress)
-    summary = {"cell": cell.id, **result.summary(), "device": str(dev)}
-    out = Path(out) if out else Path(run) / "amortization.json"
+    summary = {"cell": cell.id, **result.summary(), "device": str(dev), "settings": s.to_dict()}
+    out = Path(out) if out else RunDir(run).file("amortization.json")
     save_json(summary, out)
     save_csv(result.table(), out.with_suffix(".csv"))
     return summary
-
-
-__all__ = ["AmortizationResult", "PerPointGaussian", "amortize_run", "crn_bounds", "default_objective",
-           "group_sizes", "per_datapoint_inference"]
