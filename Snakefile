@@ -1,11 +1,37 @@
-# The workflow lives in workflow/ (Snakemake's standard layout). This root file lets
-# `snakemake` run from the repository root; it must name the default target itself,
-# because `include:` drops `default_target` from the included file.
+# lvmbench: the benchmark as a Snakemake workflow. Every rule is one call of the
+# lvmbench command line; the job set is lvmbench.grid.plan(config). See README.md and
+# config/README.md. This is the workflow's only Snakefile: `snakemake --cores all` from
+# the repository root runs the default target, `all`.
 
-include: "workflow/Snakefile"
+from snakemake.utils import min_version
+
+min_version("8.0")
 
 
-rule default:
+configfile: "config/config.yaml"
+
+
+report: "workflow/report/workflow.rst"
+
+
+include: "workflow/rules/common.smk"
+include: "workflow/rules/data.smk"  # prepare: load and verify each dataset once
+include: "workflow/rules/runs.smk"  # train, evaluate, gradvar: one run directory per cell
+include: "workflow/rules/amortization.smk"  # amortize: per-datapoint inference for selected cells
+include: "workflow/rules/results.smk"  # plan, aggregate, plot
+
+
+localrules:
+    all,
+    plan,
+    prepare,
+    aggregate,
+    plot,
+
+
+rule all:
+    """The tables and figures of every cell of the config."""
     default_target: True
     input:
-        rules.all.input,
+        rules.aggregate.output,
+        rules.plot.output,

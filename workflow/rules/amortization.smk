@@ -1,6 +1,6 @@
 rule amortize:
     """Per-datapoint inference from the encoder's output and the amortization gap
-    (the config's amortization block selects the cells)."""
+    (the config's amortization block selects the cells and holds the settings)."""
     input:
         f"{RUN}/train.json",
     output:
@@ -11,11 +11,12 @@ rule amortize:
         f"{RUN}/logs/amortize.benchmark.tsv"
     params:
         run=run_dir,
-        options=amortize_options,
-    threads: config["threads"]
+        settings=amortize_settings,
+    threads: THREADS
     resources:
-        gpu=config["gpu"],
+        gpu=GPUS,
     conda:
         ENV
     shell:
-        "lvmbench amortize {params.run:q} --out {output:q} {params.options} --quiet > {log:q} 2>&1"
+        "lvmbench amortize {params.run:q} --settings {params.settings:q} --out {output:q} "
+        "--quiet > {log:q} 2>&1"

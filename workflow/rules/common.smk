@@ -1,24 +1,33 @@
 """Config validation, the plan of cells, and the lookups the rules use.
 
 No benchmark logic lives here: the schema checks the config's shape and types,
-lvmbench.config.plan expands the axes into valid cells (and the skipped ones with
-reasons), and the functions below map a wildcard to the cell's JSON or dataset.
-A bad config stops the workflow with one line, before any job starts.
+lvmbench.grid.plan expands the axes into valid cells (and the skipped ones with
+reasons) with each cell's measurement settings, and the functions below map a wildcard
+to what one rule needs. A bad config stops the workflow with one line, before any job
+starts.
+
+Each rule's params hold only its own part: train the training spec, evaluate the eval
+settings, gradvar the gradient-variance settings, amortize the amortization settings.
+Snakemake reruns a job when its params change, so editing a measurement's settings
+reruns that measurement and never training. Where a job runs (the device) and where
+it finds its data are not part of any of them: they reach the jobs as the environment
+variables LVMBENCH_DEVICE and LVMBENCH_DATA, and changing them reruns nothing.
 """
 
 import json
 import os
 import sys
+from dataclasses import fields
 from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
-from lvmbench.config import plan, resolve_variant
-from lvmbench.registry import LvmbenchError
+from lvmbench.errors import LvmbenchError
+from lvmbench.grid import plan, resolve_variant
+from lvmbench.settings import WorkflowSettings
 
-# keys of the config that lvmbench.config.plan reads; the others steer the workflow
-PLAN_KEYS = ("experiments", "train", "eval", "gradvar", "data_dir", "device", "published")
+WORKFLOW_KEYS = {f.name for f in fields(WorkflowSettings)}  # where jobs run and write
 
 # One software environment for every rule (used with --software-deployment-method conda);
 # it installs this checkout of lvmbench, found through LVMBENCH_SOURCE.
@@ -47,7 +56,7 @@ config.clear()
 config.update(_resolved)
 
 try:
-    validate(config, "../schemas/config.schema.yaml")
+    validate(config, "../schemas/config.schema.yaml", set_default=False)  # defaults: lvmbench.settings
 except WorkflowError as err:
     cause = err.__cause__ or err.__context__  # the jsonschema ValidationError
     if hasattr(cause, "absolute_path"):
@@ -55,16 +64,21 @@ except WorkflowError as err:
     config_error(str(err).splitlines()[0])
 
 try:
-    PLANNED, SKIPPED = plan(config)
+    PLAN = plan(config)
 except LvmbenchError as err:
     config_error(err)
-if not PLANNED:
-    config_error(f"no combination of the axes can run, e.g. {SKIPPED[0]['reason']}")
-CELLS = {cell.id: cell for cell in PLANNED}  # cell id -> lvmbench.config.Cell
+CELLS = {cell.id: cell for cell in PLAN.cells}  # cell id -> lvmbench.settings.Cell (the training spec)
+AMORTIZED = [cell.id for cell in PLAN.amortized()]
 
-RESULTS = config["results"].rstrip("/")
+RESULTS = PLAN.workflow.results.rstrip("/")
 RUN = f"{RESULTS}/runs/{{cell}}"  # one directory per cell: <experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>
 DATASETS = sorted({cell.dataset for cell in CELLS.values()})
+# Where jobs run and find their data reach them through the environment, never through
+# params: every job (local or on a cluster node) parses this file again, so it sees them too.
+os.environ.update(
+    {"LVMBENCH_DEVICE": PLAN.workflow.device, **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {})}
+)
+THREADS, GPUS = PLAN.workflow.threads, PLAN.workflow.gpu
 
 
 wildcard_constraints:
@@ -73,13 +87,30 @@ wildcard_constraints:
 
 
 def plan_config(wildcards):
-    """The part of the config that lvmbench.config.plan reads, as JSON text."""
-    return json.dumps({k: config[k] for k in PLAN_KEYS if k in config}, sort_keys=True)
+    """The config as JSON text for lvmbench plan, without the keys that only say where jobs
+    run and write (so that changing them reruns nothing)."""
+    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS}, sort_keys=True)
 
 
-def cell_json(wildcards):
-    """The resolved cell as JSON: a rule whose cell changes reruns; the others do not."""
+def train_spec(wildcards):
+    """The cell's training spec as JSON: train reruns when it changes, and only then."""
     return CELLS[wildcards.cell].to_json()
+
+
+def _settings_json(settings):
+    return json.dumps(settings.to_dict(), sort_keys=True)
+
+
+def eval_settings(wildcards):
+    return _settings_json(PLAN.measurements[wildcards.cell].eval)
+
+
+def gradvar_settings(wildcards):
+    return _settings_json(PLAN.measurements[wildcards.cell].gradvar)
+
+
+def amortize_settings(wildcards):
+    return _settings_json(PLAN.measurements[wildcards.cell].amortize)
 
 
 def run_dir(wildcards):
@@ -88,10 +119,6 @@ def run_dir(wildcards):
 
 def prepared_dataset(wildcards):
     return f"{RESULTS}/data/{CELLS[wildcards.cell].dataset}.json"
-
-
-def data_dir_option(wildcards):
-    return ["--data-dir", config["data_dir"]] if config.get("data_dir") else []
 
 
 def output_dir(wildcards, output):
@@ -113,25 +140,11 @@ def run_dirs(wildcards=None):
     return [f"{RESULTS}/runs/{cell}" for cell in CELLS]
 
 
-def amortized(cell):
-    """Whether the config's amortization block selects this cell (every key of ``match``)."""
-    block = config.get("amortization")
-    return bool(block) and all(str(getattr(cell, k)) == str(v) for k, v in block["match"].items())
-
-
-AMORTIZED = [cell_id for cell_id, cell in CELLS.items() if amortized(cell)]
-
-
-def amortize_options(wildcards):
-    block = config["amortization"]
-    return ["--n-test", block.get("n_test", 100), "--steps", block.get("steps", 300), "--lr", block.get("lr", 0.01)]
-
-
 def published_json(wildcards):
     """The config's published numbers as JSON text ([] when it has none)."""
     return json.dumps(config.get("published", []))
 
 
-def run_files(name):
-    """Every cell's ``name`` file (train.json, eval.json, gradvar.csv)."""
-    return [f"{RESULTS}/runs/{cell}/{name}" for cell in CELLS]
+def run_files(name, cells=CELLS):
+    """Every cell's ``name`` file (train.json, eval.json, gradvar.csv, amortization.json)."""
+    return [f"{RESULTS}/runs/{cell}/{name}" for cell in cells]

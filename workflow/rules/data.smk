@@ -5,9 +5,7 @@ rule prepare:
         f"{RESULTS}/data/{{dataset}}.json",
     log:
         f"{RESULTS}/logs/prepare/{{dataset}}.log",
-    params:
-        data_dir=data_dir_option,
     conda:
         ENV
     shell:
-        "lvmbench prepare {wildcards.dataset} {params.data_dir:q} --out {output:q} > {log:q} 2>&1"
+        "lvmbench prepare {wildcards.dataset} --out {output:q} > {log:q} 2>&1"

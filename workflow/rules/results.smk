@@ -24,7 +24,7 @@ rule aggregate:
         run_files("train.json"),
         run_files("eval.json"),
         run_files("gradvar.csv"),
-        [f"{RESULTS}/runs/{cell}/amortization.json" for cell in AMORTIZED],
+        run_files("amortization.json", AMORTIZED),
         skipped=rules.plan.output.skipped,
     output:
         *([f"{TABLES}/published.csv", f"{TABLES}/published.md"] if config.get("published") else []),

@@ -3,10 +3,13 @@
 # gradvar.csv; logs/ holds each job's log and benchmark (time and memory).
 # checkpoint.pt and snapshots/ are not declared outputs on purpose: Snakemake deletes
 # a failed job's outputs, and an interrupted run must keep its checkpoint to resume.
+# Each rule's params are its own part of the plan (see common.smk): the training spec
+# for train, the eval or gradvar settings for the measurements.
 
 
 rule train:
-    """Train one cell (dataset x model x objective x K x estimator x seed)."""
+    """Train one cell from its training spec (dataset x model x objective x K x
+    estimator x seed, with their options and the train settings)."""
     input:
         prepared_dataset,
     output:
@@ -17,11 +20,11 @@ rule train:
     benchmark:
         f"{RUN}/logs/train.benchmark.tsv"
     params:
-        cell=cell_json,
+        cell=train_spec,
         run=run_dir,
-    threads: config["threads"]
+    threads: THREADS
     resources:
-        gpu=config["gpu"],
+        gpu=GPUS,
     conda:
         ENV
     shell:
@@ -30,7 +33,7 @@ rule train:
 
 rule evaluate:
     """Large-K log p(x), the bound curve, exact log p(x) where tractable, active units
-    and the bound-ordering check on the test set."""
+    and the bound-ordering check on the test set, with the cell's eval settings."""
     input:
         f"{RUN}/train.json",
     output:
@@ -41,17 +44,20 @@ rule evaluate:
         f"{RUN}/logs/evaluate.benchmark.tsv"
     params:
         run=run_dir,
-    threads: config["threads"]
+        settings=eval_settings,
+    threads: THREADS
     resources:
-        gpu=config["gpu"],
+        gpu=GPUS,
     conda:
         ENV
     shell:
-        "lvmbench evaluate {params.run:q} --out {output:q} --quiet > {log:q} 2>&1"
+        "lvmbench evaluate {params.run:q} --settings {params.settings:q} --out {output:q} "
+        "--quiet > {log:q} 2>&1"
 
 
 rule gradvar:
-    """Gradient variance and SNR of every valid estimator at the cell's snapshots."""
+    """Gradient variance and SNR of every valid estimator at the cell's snapshots, with
+    the cell's gradvar settings."""
     input:
         f"{RUN}/train.json",
     output:
@@ -62,10 +68,12 @@ rule gradvar:
         f"{RUN}/logs/gradvar.benchmark.tsv"
     params:
         run=run_dir,
-    threads: config["threads"]
+        settings=gradvar_settings,
+    threads: THREADS
     resources:
-        gpu=config["gpu"],
+        gpu=GPUS,
     conda:
         ENV
     shell:
-        "lvmbench gradvar {params.run:q} --out {output:q} --quiet > {log:q} 2>&1"
+        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} "
+        "--quiet > {log:q} 2>&1"
