@@ -4,10 +4,11 @@ Measures, on each available device (CPU, and CUDA when present):
 
 * training steps/s for Burda et al.'s 1-layer VAE (784-200-200-50) with IWAE, K=50,
   batch 20 (the protocol) and batch 100 (the peers' measurement in shared notes),
-  lvmbench's trainer step (estimator -> surrogate parts -> gradients -> Adam) against a
+  lvmbench's training step (:func:`lvmbench.train.train_step`: estimator -> surrogate parts
+  -> gradients -> finiteness check -> Adam) against a
   hand-written baseline (one loss, loss.backward(), Adam);
 * samples x K per second of the batched log-weight computation;
-* evaluation test-points/s of L_5000 (lvmbench.evaluation.estimate_bounds) against a
+* evaluation test-points/s of L_5000 (lvmbench.measure.evaluation.estimate_bounds) against a
   simple chunked baseline;
 * the projected wall time of the full burda2016 MNIST protocol (3280 epochs of
   59,600 images at batch 20, then L_5000 on 10,000 test points) on this device.
@@ -31,11 +32,13 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from lvmbench.estimators import gradients, make_estimator
-from lvmbench.evaluation import estimate_bounds
+from lvmbench.estimators import make_estimator
+from lvmbench.measure.evaluation import estimate_bounds
 from lvmbench.models import build_model, log_weights
 from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import make_objective
+from lvmbench.settings import TrainSettings
+from lvmbench.train import Parameters, make_optimizer, train_step
 
 BURDA_STEPS = 3280 * (59_600 // 20)
 BURDA_TEST = 10_000
@@ -87,20 +90,16 @@ def bench_device(device: torch.device, seconds: float) -> dict:
     out = {"device": str(device), "device_name": torch.cuda.get_device_name(device) if device.type == "cuda"
            else platform.processor() or platform.machine(), "threads": torch.get_num_threads()}
     objective = make_objective("iwae")
-    estimator = make_estimator("reparam", 784)
+    estimator = make_estimator("reparam")
 
     for batch in (20, 100):
         x = x_all[:batch]
         model = build_model("vae", 784).to(device)
-        theta, phi = model.decoder_parameters(), model.encoder_parameters()
-        opt = torch.optim.Adam(theta + phi, lr=1e-3, eps=1e-4)
+        params = Parameters.of(model, estimator)
+        opt = make_optimizer(params, TrainSettings(lr=1e-3, adam_eps=1e-4))
 
-        def lvmbench_step():  # as in lvmbench.train
-            with fast_distributions():
-                parts = estimator(model, objective, x, 50)
-            for p, g in zip(theta + phi, sum(gradients(parts, theta, phi), [])):
-                p.grad = -g
-            opt.step()
+        def lvmbench_step():  # the trainer's own step
+            train_step(model, estimator, objective, x, 50, params, opt)
 
         plain = PlainIWAE().to(device)
         plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, eps=1e-4)

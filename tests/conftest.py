@@ -147,16 +147,12 @@ def mc_gradient_stats(model, estimator, objective, x: torch.Tensor, K: int,
     of ``reps`` independent minibatch-gradient draws (the surrogates are means over
     the batch). The ``groups`` such averages are iid, so their sample standard deviation
     over sqrt(groups) is a valid standard error of the overall mean (groups - 1 degrees
-    of freedom). ``estimator`` is a registered name or an estimator function."""
+    of freedom). ``estimator`` is a registered name or an Estimator; it runs in ``eval()``
+    mode (NVIL's statistics frozen, its baseline fixed)."""
     from lvmbench.estimators import gradients, make_estimator
 
     torch.manual_seed(seed)
-    if isinstance(estimator, str):
-        fn = make_estimator(estimator, x.shape[1])
-        if isinstance(fn, torch.nn.Module):  # stateful (NVIL): frozen statistics, fixed baseline
-            fn.eval()
-    else:
-        fn = estimator
+    fn = (make_estimator(estimator, x.shape[1]) if isinstance(estimator, str) else estimator).eval()
     theta, phi = model.decoder_parameters(), model.encoder_parameters()
     xr = x.repeat(reps, 1)
     rows = []

@@ -12,9 +12,9 @@ import shutil
 import pandas as pd
 import pytest
 
-from lvmbench.aggregate import GROUP_KEYS, SUMMARY_COLUMNS
 from lvmbench.cli import main
-from lvmbench.plots import plot_all
+from lvmbench.report.aggregate import GROUP_KEYS, SUMMARY_COLUMNS
+from lvmbench.report.plots import plot_all
 
 TRAIN = {"steps": 20, "batch_size": 50, "lr": 0.01, "log_every": 5}
 CELLS = {
@@ -36,8 +36,8 @@ def runs(tmp_path_factory):
     for name, (dataset, model, K, estimator, seed) in CELLS.items():
         run = str(root / name)
         cell = {"experiment": "t", "dataset": dataset, "model": model, "objective": "iwae", "K": K,
-                "estimator": estimator, "seed": seed, "train": TRAIN, "device": "cpu"}
-        assert main(["train", "--quiet", "--out", run, "--cell", json.dumps(cell)]) == 0
+                "estimator": estimator, "seed": seed, "train": TRAIN}
+        assert main(["train", "--quiet", "--out", run, "--cell", json.dumps(cell), "--device", "cpu"]) == 0
         assert main(["evaluate", run, "--K-eval", "50", "--k-grid", "1,5,50", "--n-test", "100", "--quiet"]) == 0
         assert main(["gradvar", run, "--draws", "5", "--estimators", estimator, "--quiet"]) == 0
         dirs.append(root / name)

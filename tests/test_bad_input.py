@@ -6,7 +6,7 @@ through `snakemake -n` on a working directory whose config/config.yaml is the fi
 dry runs start at once in a module fixture, so the corpus costs a few seconds of wall
 time per core). tests/test_cli.py's eight cases (BAD) are part of the plan corpus here
 and run through Snakemake there. Data-file cases go through `lvmbench prepare` with
-LVMBENCH_OFFLINE=1. Known gaps are strict xfails naming the fix (see docs/reliability.md).
+LVMBENCH_OFFLINE=1.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from lvmbench.cli import main
 from test_cli import BAD, GOOD, assert_one_clear_line, edited
 from test_pipeline import SNAKEFILE
+
+from lvmbench.cli import main
 
 
 @dataclass
@@ -34,8 +34,6 @@ class Case:
     config: dict | str
     words: list[str]  # in lvmbench plan's line and, unless workflow_words, Snakemake's
     workflow_words: list[str] | None = None  # Snakemake's own message (before the config reaches the workflow)
-    plan_gap: str | None = None  # lvmbench plan accepts it: why, and the fix
-    workflow_gap: str | None = None  # snakemake -n accepts it
     snakemake: bool = True  # False: tests/test_cli.py already runs it through Snakemake
 
     def text(self) -> str:
@@ -87,14 +85,10 @@ WORKFLOW_ONLY = {  # keys lvmbench plan does not read
 }
 
 
-def gap(reason: str | None):
-    return [pytest.mark.xfail(strict=True, reason=f"known gap: {reason}")] if reason else []
-
-
 # ---------------------------------------------------------------------------------------
 # lvmbench plan
 # ---------------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", [pytest.param(n, marks=gap(c.plan_gap)) for n, c in CORPUS.items()])
+@pytest.mark.parametrize("name", CORPUS)
 def test_plan_refuses(name, tmp_path, capsys):
     case = CORPUS[name]
     path = tmp_path / "config.yaml"
@@ -139,7 +133,7 @@ def dry_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProc
         return dict(pool.map(dry_run, SNAKEMAKE_CASES))
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=gap(c.workflow_gap)) for n, c in SNAKEMAKE_CASES.items()])
+@pytest.mark.parametrize("name", SNAKEMAKE_CASES)
 def test_workflow_refuses(name, dry_runs):
     case = SNAKEMAKE_CASES[name]
     work, proc = dry_runs[name]
@@ -165,7 +159,6 @@ class DataCase:
     args: list[str]
     words: list[str]
     files: dict[str, bytes] = field(default_factory=dict)  # written under mnist/ in the data dir
-    gap: str | None = None
 
 
 DATA_CORPUS: dict[str, DataCase] = {
@@ -181,7 +174,7 @@ DATA_CORPUS: dict[str, DataCase] = {
 }
 
 
-@pytest.mark.parametrize("name", [pytest.param(n, marks=gap(c.gap)) for n, c in DATA_CORPUS.items()])
+@pytest.mark.parametrize("name", DATA_CORPUS)
 def test_prepare_refuses(name, tmp_path, monkeypatch, capsys):
     case = DATA_CORPUS[name]
     monkeypatch.setenv("LVMBENCH_OFFLINE", "1")

@@ -18,7 +18,8 @@ import pytest
 import torch
 
 from lvmbench import data
-from lvmbench.data import DATASETS, DatasetError, binarize, data_dir_from, load_dataset
+from lvmbench.data import DATASETS, DatasetError, binarize, data_dir_from, datasets, load_dataset
+from lvmbench.data import remote as remote_files
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 needs_shared = pytest.mark.skipif(
@@ -42,27 +43,30 @@ def sha256(raw: bytes) -> str:
 
 
 def test_registry_specs_are_consistent():
-    assert set(DATASETS) == {"gmm2d", "gaussian_toy", "mnist5k", "mnist", "binarized_mnist", "omniglot"}
-    for name, spec in DATASETS.items():
-        assert spec.name == name and spec.doc
+    assert set(DATASETS.names()) == {"gmm2d", "gaussian_toy", "mnist5k", "mnist", "binarized_mnist", "omniglot"}
+    for entry in DATASETS:
+        spec = entry.obj
+        assert entry.doc == spec.doc and spec.doc
         assert (spec.kind, spec.binarize) in {
             ("continuous", "none"), ("binary_image", "dynamic"), ("binary_image", "fixed")
         }
         assert (spec.image_shape == (28, 28)) == (spec.kind == "binary_image")
         assert ("download" in spec.options) == (not spec.offline)
+        assert entry.capabilities() == {"kind": spec.kind, "binarize": spec.binarize, "dim": spec.dim,
+                                        "offline": spec.offline}
 
 
-@pytest.mark.parametrize("name", [n for n, s in DATASETS.items() if s.offline])
+@pytest.mark.parametrize("name", [e.name for e in DATASETS if e.obj.offline])
 def test_offline_datasets_load_with_declared_capabilities(name):
     d = load_dataset(name)
-    assert d.dim == DATASETS[name].dim == d.test.shape[1]
+    spec = DATASETS[name].obj
+    assert d.dim == spec.dim == d.test.shape[1]
     assert d.train.dtype == d.test.dtype == torch.float32
-    spec = DATASETS[name]
     assert (d.kind, d.binarize, d.image_shape) == (spec.kind, spec.binarize, spec.image_shape)
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(DatasetError, match="valid names: .*binarized_mnist.*gmm2d.*mnist5k"):
+    with pytest.raises(DatasetError, match="choose one of: .*gmm2d.*mnist5k.*binarized_mnist"):
         load_dataset("cifar10")
 
 
@@ -247,22 +251,22 @@ def test_binarized_mnist_checksum_is_of_uncompressed_content(tmp_path):
 @needs_shared
 def test_verification_is_cached_in_a_sidecar(tmp_path, monkeypatch):
     shutil.copyfile(SHARED / "mnist" / MNIST_TEST, tmp_path / MNIST_TEST)
-    remote = data._mnist_file(MNIST_TEST)
-    assert data._fetch(remote, tmp_path, download=False) == tmp_path / MNIST_TEST
+    remote = datasets._mnist_file(MNIST_TEST)
+    assert remote_files.fetch(remote, tmp_path, download=False) == tmp_path / MNIST_TEST
     assert (tmp_path / (MNIST_TEST + ".verified")).is_file()
 
     def no_rehash(*args, **kwargs):
         raise AssertionError("verified file was hashed again")
 
     with monkeypatch.context() as m:
-        m.setattr(data, "_digest", no_rehash)
-        data._fetch(remote, tmp_path, download=False)
+        m.setattr(remote_files, "_digest", no_rehash)
+        remote_files.fetch(remote, tmp_path, download=False)
 
     # Changing the file (size and mtime) invalidates the cached result.
     with open(tmp_path / MNIST_TEST, "ab") as f:
         f.write(b"\0")
     with pytest.raises(DatasetError, match="checksum mismatch"):
-        data._fetch(remote, tmp_path, download=False)
+        remote_files.fetch(remote, tmp_path, download=False)
 
 
 # ---------------------------------------------------------------- missing files and downloads
@@ -308,14 +312,14 @@ def test_download_falls_back_to_next_mirror_and_verifies(tmp_path, monkeypatch):
     calls = []
 
     def serve(url):
-        if url.startswith(data._MNIST_MIRRORS[0]):
+        if url.startswith(remote_files.MNIST_MIRRORS[0]):
             return urllib.error.URLError("connection refused")
         return (SHARED / "mnist" / url.rsplit("/", 1)[1]).read_bytes()
 
     monkeypatch.setattr(urllib.request, "urlopen", _fake_urlopen(serve, calls))
     d = load_dataset("mnist", data_dir=tmp_path)
     assert d.train.shape == (59600, 784) and d.test.shape == (10000, 784)
-    assert calls == [m + f for f in (MNIST_TRAIN, MNIST_TEST) for m in data._MNIST_MIRRORS[:2]]
+    assert calls == [m + f for f in (MNIST_TRAIN, MNIST_TEST) for m in remote_files.MNIST_MIRRORS[:2]]
     files = sorted(p.name for p in (tmp_path / "mnist").iterdir())
     assert files == sorted([MNIST_TEST, MNIST_TEST + ".verified", MNIST_TRAIN, MNIST_TRAIN + ".verified"])
     assert sha256((tmp_path / "mnist" / MNIST_TRAIN).read_bytes()) == data.CHECKSUMS[MNIST_TRAIN]
@@ -328,7 +332,7 @@ def test_download_with_wrong_bytes_leaves_no_file(tmp_path, monkeypatch):
     with pytest.raises(DatasetError) as err:
         load_dataset("mnist", data_dir=tmp_path)
     message = str(err.value)
-    assert calls == [m + MNIST_TRAIN for m in data._MNIST_MIRRORS]
+    assert calls == [m + MNIST_TRAIN for m in remote_files.MNIST_MIRRORS]
     assert all(url in message for url in calls) and "checksum mismatch" in message
     assert list((tmp_path / "mnist").iterdir()) == []  # no final file, no partial file
 

@@ -17,11 +17,11 @@ import torch
 
 from lvmbench.cli import main
 from lvmbench.estimators import bias_reason, gradients, make_estimator
-from lvmbench.exact import expected_bound, exact_gradients
-from lvmbench.gradvar import gradient_variance
+from lvmbench.exact import exact_gradients, expected_bound
+from lvmbench.grid import why_invalid
+from lvmbench.measure.gradvar import gradient_variance
 from lvmbench.models import build_model
 from lvmbench.objectives import make_objective
-from lvmbench.registry import why_invalid
 
 
 @pytest.mark.parametrize("setup", ["sbn", "catvae"])
@@ -110,7 +110,7 @@ def test_vqvae_elbo_is_log_joint_and_below_exact(tiny_vqvae):
     assert torch.allclose(log_joint, model.likelihood(z_q).log_prob(x) - 2 * math.log(3))
     assert (elbo <= model.log_marginal(x) + 1e-12).all()
     # large-K evaluation of a deterministic encoder is the ELBO itself
-    from lvmbench.evaluation import estimate_bounds
+    from lvmbench.measure.evaluation import estimate_bounds
 
     est_k = estimate_bounds(model, x, 10, [1, 10], batch_size=5, progress=False)
     torch.testing.assert_close(torch.as_tensor(est_k.bounds[:, -1]), elbo.detach())
@@ -163,10 +163,12 @@ def test_list_shows_new_entries(capsys):
     assert main(["list", "--json"]) == 0
     listing = json.loads(capsys.readouterr().out)
     for name in ("sbn", "catvae", "vqvae"):
-        assert listing["models"][name]["latent"] == "discrete"
+        assert listing["models"][name]["latent_kind"] == "discrete"
     assert listing["models"]["catvae"]["relaxable"] is True
     assert listing["models"]["vqvae"]["deterministic"] is True
     assert listing["estimators"]["vimco"]["min_K"] == 2
+    assert "more than one sample" in listing["estimators"]["stl"]["bias"]  # the condition, in words
+    assert "4096" in listing["models"]["sbn"]["exact"]
     assert listing["estimators"]["gumbel"]["options"]["temperature"] == 1.0
     assert listing["estimators"]["straight_through"]["needs_model"] == ["relaxable", "straight_through"]
     assert main(["list"]) == 0
@@ -181,21 +183,54 @@ def test_list_shows_new_entries(capsys):
     ("catvae", {"variables": 4, "classes": 3, "hidden": [32]}, "gumbel", {"anneal_rate": 0.01}, 2),
     ("vqvae", {"positions": 4, "codebook": 8, "hidden": [32]}, "straight_through", {}, 1),
 ])
-def test_discrete_cells_train_and_resume(tmp_path, one_thread, model, options, estimator, est_options, K):
+def test_discrete_cells_train_and_resume(tmp_path, one_thread, monkeypatch, model, options, estimator,
+                                        est_options, K):
     """Each discrete model trains through the real runner with its estimator's state
-    (baseline network, annealing step) checkpointed; a second call resumes as complete."""
-    from lvmbench.config import Cell
-    from lvmbench.train import train
+    (baseline network, annealing step) checkpointed. A run interrupted after its step-3
+    checkpoint resumes there (it takes only the 3 remaining steps) and ends bit-identical
+    to an uninterrupted run, estimator state included; a finished run takes no step."""
+    import lvmbench.train as train_module
+    from lvmbench.settings import Cell
 
     cell = Cell.from_dict({"experiment": "t", "dataset": "mnist5k", "model": model, "objective": "iwae",
                            "K": K, "estimator": estimator, "seed": 0, "model_options": options,
                            "estimator_options": est_options,
                            "train": {"steps": 6, "batch_size": 8, "log_every": 2, "checkpoint_every": 3}})
-    summary = train(cell, tmp_path, progress=False)
+    summary = train_module.train(cell, tmp_path / "whole", progress=False)
     assert summary["steps"] == 6 and math.isfinite(summary["final_bound"])
-    state = torch.load(tmp_path / "checkpoint.pt", weights_only=False)
-    if estimator in ("score_baseline", "gumbel"):
-        assert state["estimator"] is not None
+    whole = torch.load(tmp_path / "whole" / "checkpoint.pt", weights_only=False)
     if estimator == "gumbel":
-        assert int(state["estimator"]["step"]) == 6
-    assert train(cell, tmp_path, progress=False)["steps"] == 6
+        assert int(whole["estimator"]["step"]) == 6
+
+    real, calls = train_module.train_step, []
+
+    def counted(*args, interrupt_at=None):
+        calls.append(1)
+        if len(calls) == interrupt_at:
+            raise KeyboardInterrupt
+        return real(*args)
+
+    monkeypatch.setattr(train_module, "train_step", lambda *a: counted(*a, interrupt_at=5))
+    with pytest.raises(KeyboardInterrupt):
+        train_module.train(cell, tmp_path / "resumed", progress=False)
+    calls.clear()
+    monkeypatch.setattr(train_module, "train_step", lambda *a: counted(*a))
+    assert train_module.train(cell, tmp_path / "resumed", progress=False)["steps"] == 6
+    assert len(calls) == 3  # resumed at the step-3 checkpoint, not retrained
+    resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
+    for part in ("model", "estimator"):
+        assert whole[part].keys() == resumed[part].keys()
+        for key in whole[part]:
+            assert torch.equal(whole[part][key], resumed[part][key]), (part, key)
+    calls.clear()
+    assert train_module.train(cell, tmp_path / "resumed", progress=False)["steps"] == 6
+    assert not calls  # already finished: no step taken
+
+
+def test_exactness_is_read_from_the_built_model():
+    """A tiny sigmoid belief net is exact (enumerable), so the exact objective and gradient
+    run on it; one of the default size is not. The registry and the instance agree because
+    both read the one declaration, the model's ``exact`` property."""
+    assert why_invalid("sbn", "exact", 1, "exact", model_options={"latent": [2, 2]}) is None
+    assert "needs an exact log p(x)" in why_invalid("sbn", "exact", 1, "exact")
+    assert build_model("sbn", 4, latent=[2, 2]).exact and not build_model("sbn", 4).exact

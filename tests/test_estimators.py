@@ -21,11 +21,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from lvmbench.estimators import ESTIMATORS, SurrogateParts, bias_reason, gradients
+from lvmbench.errors import LvmbenchError
+from lvmbench.estimators import ESTIMATORS, SurrogateParts, bias_reason, gradients, make_estimator
 from lvmbench.exact import exact_gradients, exact_method, expected_bound
+from lvmbench.grid import why_invalid
 from lvmbench.models import MODELS, build_model, log_weights
 from lvmbench.objectives import OBJECTIVES, make_objective
-from lvmbench.registry import LvmbenchError, why_invalid
 
 # (setup, model registry name, [(objective, options, K), ...]); every case has an exact method.
 # Order matters: the first case of each (estimator, objective) pair runs by default, the
@@ -88,7 +89,7 @@ def test_every_declared_unbiased_pair_is_covered():
     straight_through) are exempt."""
     covered = {(c.values[4], c.values[1]) for c in CASES if not c.marks}
     for est in ESTIMATORS:
-        for obj in est.caps["objectives"]:
+        for obj in est.obj.objectives:
             o = make_objective(obj)
             if all(bias_reason(est.name, o, K) is not None for K in (1, 2, 4, 8, 16)):
                 continue
@@ -122,7 +123,7 @@ def test_exact_estimator_matches_exact_module(lab):
     expected_bound for objective ``exact`` (float64 rounding)."""
     for model, x in (lab.lg(x_dim=3, z_dim=2), lab.gmm()):
         obj = make_objective("exact")
-        est = gradients(ESTIMATORS["exact"].obj(model, obj, x, 1), model.decoder_parameters(),
+        est = gradients(make_estimator("exact")(model, obj, x, 1), model.decoder_parameters(),
                         model.encoder_parameters())
         ref = exact_gradients(model, obj, x, 1)
         torch.testing.assert_close(lab.flat(est[0] + est[1]), lab.flat(ref[0] + ref[1]), rtol=0, atol=1e-12)
@@ -187,10 +188,10 @@ def test_zero_variance_at_posterior(lab):
                                ("ciwae", {}, 4), ("piwae", {"M": 2}, 4)]:
         obj = make_objective(objective, **opts)
         for est in ("stl", "dreg"):
-            assert objective in ESTIMATORS[est].caps["objectives"]
-            _, g = gradients(ESTIMATORS[est].obj(model, obj, x, K), model.decoder_parameters(), phi)
+            assert objective in ESTIMATORS[est].obj.objectives
+            _, g = gradients(make_estimator(est)(model, obj, x, K), model.decoder_parameters(), phi)
             assert lab.flat(g).abs().max() < 1e-10, (est, objective)
-        _, g = gradients(ESTIMATORS["reparam"].obj(model, obj, x, K), model.decoder_parameters(), phi)
+        _, g = gradients(make_estimator("reparam")(model, obj, x, K), model.decoder_parameters(), phi)
         assert lab.flat(g).abs().max() > 1e-3, ("reparam", objective)
 
 
@@ -198,7 +199,7 @@ def test_gradients_helper_zero_fills():
     """Parameters a surrogate does not reach get zero gradients, not None."""
     model = build_model("linear_gaussian", 2, decoder="linear", q_scale=None)
     obj = make_objective("prior_mc")
-    g_theta, g_phi = gradients(ESTIMATORS["reparam"].obj(model, obj, torch.randn(3, 2), 2),
+    g_theta, g_phi = gradients(make_estimator("reparam")(model, obj, torch.randn(3, 2), 2),
                                model.decoder_parameters(), model.encoder_parameters())
     assert all((g == 0).all() for g in g_phi) and len(g_phi) == 3
     assert any((g != 0).any() for g in g_theta)
@@ -250,9 +251,7 @@ def test_why_invalid_raises(args, expect):
 
 
 def test_why_invalid_with_dataset():
-    """Model/data kind mismatches are refused; unknown datasets list the choices
-    (needs lvmbench.data)."""
-    pytest.importorskip("lvmbench.data")
+    """Model/data kind mismatches are refused; unknown datasets list the choices."""
     reason = why_invalid("vae", "iwae", 1, "reparam", dataset="gaussian_toy")
     assert reason is not None and "binary_image" in reason and "continuous" in reason
     assert why_invalid("gmm", "iwae", 2, "score", dataset="gmm2d") is None
@@ -280,12 +279,12 @@ def test_registry_declarations_consistent():
     """Every objective an estimator declares exists; requires_rsample matches what the
     estimator does with a non-reparameterizable model (it cannot sample with a path)."""
     for est in ESTIMATORS:
-        assert set(est.caps["objectives"]) <= set(OBJECTIVES.names())
-    assert MODELS["gmm"].caps["reparameterizable"] is False
+        assert set(est.obj.objectives) <= set(OBJECTIVES.names())
+    assert MODELS["gmm"].obj.reparameterizable is False
     model = build_model("gmm", 2)
     with pytest.raises(NotImplementedError):
         log_weights(model, torch.randn(3, 2), 2, "encoder", rsample=True)
-    assert isinstance(ESTIMATORS["score"].obj(model, make_objective("iwae"), torch.randn(3, 2), 2), SurrogateParts)
+    assert isinstance(make_estimator("score")(model, make_objective("iwae"), torch.randn(3, 2), 2), SurrogateParts)
 
 
 def test_estimators_report_the_bound(lab):
@@ -294,7 +293,7 @@ def test_estimators_report_the_bound(lab):
     obj = make_objective("iwae")
     for est in ("reparam", "score", "stl", "dreg"):
         torch.manual_seed(5)
-        parts = ESTIMATORS[est].obj(model, obj, x, 3)
+        parts = make_estimator(est)(model, obj, x, 3)
         torch.manual_seed(5)
         lw = log_weights(model, x, 3, "encoder", rsample=est != "score")
         assert parts.bound.shape == (x.shape[0],) and not parts.bound.requires_grad

@@ -15,8 +15,9 @@ import pytest
 import torch
 
 from lvmbench.cli import main
-from lvmbench.config import Cell
-from lvmbench.train import NonFiniteError, load_trained, train
+from lvmbench.runs import load_trained
+from lvmbench.settings import Cell
+from lvmbench.train import NonFiniteError, train
 
 CELL = {"experiment": "f", "dataset": "gmm2d", "model": "gmm", "objective": "iwae", "K": 4, "estimator": "score",
         "seed": 3, "dataset_options": {"n_train": 400, "n_test": 100},
@@ -98,22 +99,26 @@ def test_nan_mid_training_names_cell_and_step(tmp_path, monkeypatch, capsys):
     """A NaN appearing at step 13 stops the run with one line naming the cell and the step;
     the checkpoint and curve written before it stay valid, and no train.json claims success."""
     import lvmbench.train as train_module
+    from lvmbench.estimators import Estimator
 
     real = train_module.make_estimator
 
-    def poisoned(*args, **kwargs):
-        estimator, calls = real(*args, **kwargs), []
+    class Poisoned(Estimator):
+        """The real estimator, with every part NaN at the 13th call."""
 
-        def call(model, objective, x, K):
-            calls.append(1)
-            parts = estimator(model, objective, x, K)
-            if len(calls) == 13:
+        def __init__(self, inner):
+            super().__init__()
+            self.inner, self.calls = inner, 0
+
+        def forward(self, model, objective, x, K):
+            self.calls += 1
+            parts = self.inner(model, objective, x, K)
+            if self.calls == 13:
                 return parts._replace(decoder=parts.decoder * float("nan"), encoder=parts.encoder * float("nan"),
                                       bound=parts.bound * float("nan"))
             return parts
-        return call
 
-    monkeypatch.setattr(train_module, "make_estimator", poisoned)
+    monkeypatch.setattr(train_module, "make_estimator", lambda *args, **kwargs: Poisoned(real(*args, **kwargs)))
     cell = {**CELL, "train": {**CELL["train"], "checkpoint_every": 5}}
     with pytest.raises(NonFiniteError, match=r"cell f/gmm2d/gmm/iwae/K4/score/seed3: non-finite loss at step 13"):
         train(Cell.from_dict(cell), tmp_path / "run", progress=False)
@@ -122,7 +127,7 @@ def test_nan_mid_training_names_cell_and_step(tmp_path, monkeypatch, capsys):
     assert main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err
     assert "non-finite loss at step 13" in err and "Traceback" not in err
-    cell_loaded, _, _ = load_trained(tmp_path / "run")
+    cell_loaded = load_trained(tmp_path / "run").cell
     assert cell_loaded.id == "f/gmm2d/gmm/iwae/K4/score/seed3"
 
 
@@ -130,7 +135,7 @@ def test_evaluation_out_of_memory_retries_with_smaller_chunks(monkeypatch, capsy
     """A chunk that raises CUDA's out-of-memory error is retried with fewer samples per
     chunk until it fits. With q equal to the exact posterior every log-weight equals
     log p(x), so the retried estimate must still equal log p(x) to rounding."""
-    import lvmbench.evaluation as evaluation
+    import lvmbench.measure.evaluation as evaluation
     from lvmbench.models import build_model
 
     torch.manual_seed(0)
@@ -161,9 +166,9 @@ def test_gpu_slots_spread_jobs_and_never_double_book(tmp_path, capsys):
     """Concurrent jobs on a 2-GPU workstation with 2 jobs per GPU claim distinct locks: the
     first two spread over both GPUs, the next two take the second slots, and a slot freed
     when its process exits is claimed again by the next job."""
-    from lvmbench.train import claim_gpu
+    from lvmbench.devices import claim_gpu
 
-    script = ("import sys, time; from pathlib import Path; from lvmbench.train import claim_gpu; "
+    script = ("import sys, time; from pathlib import Path; from lvmbench.devices import claim_gpu; "
               "print(claim_gpu(2, 2, Path(sys.argv[1])), flush=True); time.sleep(60)")
 
     def start():

@@ -8,10 +8,11 @@ import math
 import pytest
 import torch
 
-from lvmbench.config import Cell
 from lvmbench.data import binarize
-from lvmbench.evaluation import estimate_bounds
-from lvmbench.train import load_trained, train
+from lvmbench.measure.evaluation import estimate_bounds
+from lvmbench.runs import load_trained
+from lvmbench.settings import Cell
+from lvmbench.train import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -31,13 +32,12 @@ def test_train_and_evaluate_on_cuda_match_cpu_statistically(tmp_path):
             "train": {"steps": 200, "batch_size": 100, "lr": 0.003}}
     results = {}
     for device in ("cuda", "cpu"):
-        summary = train(Cell.from_dict({**spec, "device": device}), tmp_path / device, progress=False)
+        summary = train(Cell.from_dict(spec), tmp_path / device, progress=False, device=device)
         assert summary["device"].startswith(device)
-        cell, data, model = load_trained(tmp_path / device, device=torch.device(device))
+        _, data, model, _, _ = load_trained(tmp_path / device, device=torch.device(device))
         assert next(model.parameters()).device.type == device
         est = estimate_bounds(model, data.test[:200].to(device), 500, [1, 50, 500], batch_size=200,
-                              binarize_data=True, progress=False)
+                              observe=data.observe, progress=False)
         results[device] = est.bounds[:, -1].mean()
         assert math.isfinite(results[device])
     assert abs(results["cuda"] - results["cpu"]) < 5.0
-    assert not torch.backends.cuda.matmul.allow_tf32  # evaluation restores the default (off)

@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 import yaml
 
-from lvmbench.config import plan, resolve_variant
-from lvmbench.paper import check_published, published_table
-from lvmbench.registry import LvmbenchError
+from lvmbench.errors import LvmbenchError
+from lvmbench.grid import plan, resolve_variant
+from lvmbench.report.paper import check_published, published_table
 
 EXPERIMENTS = sorted((Path(__file__).resolve().parents[1] / "config" / "experiments").glob("*.yaml"))
 
@@ -26,7 +26,7 @@ def test_experiment_config_plans_in_every_variant(path):
     protocol runs (a typo in a label would leave it 'not run' forever)."""
     config = yaml.safe_load(path.read_text())
     assert set(config["variants"]) == {"short", "smoke"}
-    cells = {name: plan({**config, "variant": name})[0] for name in (None, "short", "smoke")}
+    cells = {name: plan({**config, "variant": name}).cells for name in (None, "short", "smoke")}
     assert all(cells.values())
     assert len(cells["smoke"]) <= 6  # CI runs each smoke variant end to end
     full = pd.DataFrame([{"experiment": c.experiment, "dataset": c.dataset, "model": c.model,

@@ -7,6 +7,7 @@ copy of the config, so the repository is never littered with results.
 
 from __future__ import annotations
 
+import json
 import re
 import shutil
 import subprocess
@@ -17,7 +18,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from lvmbench.config import EvalSettings, GradvarSettings, TrainSettings, plan
+from lvmbench.grid import plan
+from lvmbench.settings import EvalSettings, GradvarSettings, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"
@@ -90,7 +92,8 @@ def test_config_readme_documents_every_key():
 @needs_snakemake
 def test_default_config_dry_run_matches_plan(tmp_path):
     """One train, evaluate and gradvar job per valid cell that plan() reports."""
-    cells, skipped = plan(load(DEFAULT_CONFIG))
+    planned = plan(load(DEFAULT_CONFIG))
+    cells, skipped = planned.cells, planned.skipped
     counts = job_counts(snakemake(workdir_with(tmp_path, DEFAULT_CONFIG), "-n", "--quiet", "rules").stdout)
     assert counts["train"] == counts["evaluate"] == counts["gradvar"] == len(cells)
     assert counts["prepare"] == len({c.dataset for c in cells})
@@ -111,17 +114,16 @@ def tiny_run(tmp_path_factory) -> Path:
 
 
 def test_tiny_run_covers_every_rule(tiny_run):
-    """Every rule ran (``all`` is the target of workflow/Snakefile alone; the root
-    Snakefile's ``default`` takes its place)."""
+    """Every rule of the one Snakefile ran, its default target ``all`` included."""
     rules = set(re.findall(r"^(\w+)(?: \(|$)", snakemake(tiny_run, "--list-rules").stdout, re.M))
     ran = set(re.findall(r"^(?:local)?rule (\w+):$", (tiny_run / "snakemake.log").read_text(), re.M))
-    assert {"prepare", "plan", "train", "evaluate", "gradvar", "amortize", "aggregate", "plot"} <= rules
-    assert ran == rules - {"all"}
+    assert {"prepare", "plan", "train", "evaluate", "gradvar", "amortize", "aggregate", "plot", "all"} == rules
+    assert ran == rules
 
 
 def test_tiny_run_covers_every_model_family(tiny_run):
     summary = pd.read_csv(tiny_run / "results" / "tables" / "summary.csv")
-    cells, _ = plan(load(TINY_CONFIG))
+    cells = plan(load(TINY_CONFIG)).cells
     assert len(summary) == len(cells)
     assert set(summary.model_name) >= {"gmm", "linear_gaussian", "vae"}
     assert summary.estimator.nunique() >= 2
@@ -130,7 +132,7 @@ def test_tiny_run_covers_every_model_family(tiny_run):
 
 def test_tiny_run_tables(tiny_run):
     tables = tiny_run / "results" / "tables"
-    _, skipped = plan(load(TINY_CONFIG))
+    skipped = plan(load(TINY_CONFIG)).skipped
     expected = {
         "summary.csv": {"cell", "experiment", "dataset", "model", "objective", "K", "estimator", "seed", "status",
                         "test_log_px", "test_log_px_se", "test_nll", "exact_log_px", "ordering_passed"},
@@ -149,7 +151,7 @@ def test_tiny_run_tables(tiny_run):
 
 def test_tiny_run_bound_ordering_passes(tiny_run):
     ordering = pd.read_csv(tiny_run / "results" / "tables" / "ordering.csv")
-    assert len(ordering) == len(plan(load(TINY_CONFIG))[0])
+    assert len(ordering) == len(plan(load(TINY_CONFIG)).cells)
     assert ordering.passed.all(), ordering[~ordering.passed]
 
 
@@ -179,10 +181,52 @@ def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_p
         config["experiments"]["mnist"]["train"] = {"steps": 31}
         workdir_with(tiny_run, config)
         counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
-        n_mnist = sum(c.experiment == "mnist" for c in plan(config)[0])
+        n_mnist = sum(c.experiment == "mnist" for c in plan(config).cells)
         assert counts.get("train") == n_mnist
     finally:
         (tiny_run / "config" / "config.yaml").write_text(original)
+
+
+@pytest.mark.parametrize("edit, rule", [
+    (lambda c: c["eval"].update(n_test=20), "evaluate"),
+    (lambda c: c["gradvar"].update(draws=3), "gradvar"),
+    (lambda c: c["amortization"].update(steps=5), "amortize"),
+])
+def test_tiny_run_measurement_edits_rerun_only_that_measurement(tiny_run, edit, rule):
+    """The training spec alone identifies a trained model: editing a measurement's settings
+    plans that measurement for every cell it applies to, and the tables and figures
+    downstream, and no train job; changing where jobs run (the device) plans nothing."""
+    original = (tiny_run / "config" / "config.yaml").read_text()
+    try:
+        config = load(TINY_CONFIG)
+        edit(config)
+        workdir_with(tiny_run, config)
+        counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
+        planned = plan(config)
+        expected = len(planned.amortized()) if rule == "amortize" else len(planned.cells)
+        assert {k: v for k, v in counts.items() if k not in ("plan", "all")} == \
+            {rule: expected, "aggregate": 1, "plot": 1}, counts
+        workdir_with(tiny_run, {**load(TINY_CONFIG), "device": "auto", "threads": 2})
+        proc = snakemake(tiny_run, "-n")
+        assert "Nothing to be done" in proc.stdout + proc.stderr
+    finally:
+        (tiny_run / "config" / "config.yaml").write_text(original)
+
+
+def test_tiny_run_measurements_record_their_settings(tiny_run):
+    """eval.json, gradvar.csv and amortization.json hold the settings they were computed
+    with; cell.json and the checkpoint hold the training spec and nothing else."""
+    planned = plan(load(TINY_CONFIG))
+    for cell in planned.cells:
+        run = tiny_run / "results" / "runs" / cell.id
+        m = planned.measurements[cell.id]
+        assert json.loads((run / "eval.json").read_text())["settings"] == m.eval.to_dict()
+        gv = pd.read_csv(run / "gradvar.csv")
+        assert (gv.draws == m.gradvar.draws).all() and (gv.gradvar_batch_size == m.gradvar.batch_size).all()
+        assert json.loads((run / "cell.json").read_text()) == cell.to_dict()
+        if m.amortize is not None:
+            assert json.loads((run / "amortization.json").read_text())["settings"] == m.amortize.to_dict()
+    assert set(cell.to_dict()) >= {"train"} and not {"eval", "gradvar", "device", "data_dir"} & set(cell.to_dict())
 
 
 def test_report_renders(tiny_run):

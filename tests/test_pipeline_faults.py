@@ -16,9 +16,9 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from test_pipeline import snakemake, workdir_with
 
 from lvmbench.cli import main
-from test_pipeline import snakemake, workdir_with
 
 AXES = {"datasets": ["gaussian_toy"], "models": ["linear_gaussian"], "objectives": ["iwae"], "K": [2],
         "estimators": ["reparam"], "dataset_options": {"gaussian_toy": {"n_train": 32, "n_test": 16}}}
@@ -75,11 +75,7 @@ def test_no_nan_reaches_a_table(diverged):
     """aggregate needs every cell's train.json, so it does not run: no table is written, so
     none can hold the diverged cell's NaN; the run reports the incomplete jobs instead."""
     work, out = diverged
-    tables = work / "results" / "tables"
-    for csv in tables.glob("*.csv") if tables.exists() else []:
-        numbers = pd.read_csv(csv).select_dtypes("number")
-        assert not numbers.isin([math.inf, -math.inf]).any().any() and numbers.notna().all().all(), csv
-    assert not (tables / "summary.csv").exists()
+    assert not (work / "results" / "tables").exists()
     assert "Exiting because a job execution failed" in out
 
 
@@ -87,8 +83,8 @@ def test_nan_in_discrete_sampling_is_a_clear_error(tmp_path, capsys):
     """A mixture model trained with lr=1e30 gets NaN mixing weights after one step; the next
     step's Categorical sampling must stop with the one-line NonFiniteError too."""
     cell = {"experiment": "f", "dataset": "gmm2d", "model": "gmm", "objective": "iwae", "K": 2,
-            "estimator": "score", "seed": 0, "device": "cpu", "dataset_options": {"n_train": 64, "n_test": 16},
+            "estimator": "score", "seed": 0, "dataset_options": {"n_train": 64, "n_test": 16},
             "train": {"steps": 5, "batch_size": 16, "lr": 1.0e30}}
-    code = main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run")])
+    code = main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run"), "--device", "cpu"])
     err = capsys.readouterr().err
     assert code == 2 and "cell f/gmm2d/gmm/iwae/K2/score/seed0: non-finite" in err and "Traceback" not in err

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import torch
 
-from lvmbench.estimators import ESTIMATORS, gradients
+from lvmbench.estimators import gradients, make_estimator
 from lvmbench.models import build_model
 from lvmbench.objectives import make_objective
 
@@ -59,7 +59,7 @@ def _snr(model, x, estimator: str, K: int, seed: int, groups: int = GROUPS, reps
     mean of ``reps`` independent draws; std of one draw = sqrt(reps) * sd over the group means.
     """
     theta, phi = model.decoder_parameters(), model.encoder_parameters()
-    fn, obj = ESTIMATORS[estimator].obj, make_objective("iwae")
+    fn, obj = make_estimator(estimator), make_objective("iwae")
     xr = x.repeat(reps, 1)
     torch.manual_seed(seed)
     rows = []
