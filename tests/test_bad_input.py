@@ -133,6 +133,7 @@ def dry_runs(tmp_path_factory) -> dict[str, tuple[Path, subprocess.CompletedProc
         return dict(pool.map(dry_run, SNAKEMAKE_CASES))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("name", SNAKEMAKE_CASES)
 def test_workflow_refuses(name, dry_runs):
     case = SNAKEMAKE_CASES[name]

@@ -65,17 +65,14 @@ def _applicable(model: str, objective: str, options: dict, K: int, estimator: st
 
 
 def _cases():
-    seen, cases = set(), []
+    cases = []
     for setup, (model, objectives) in SETUPS.items():
         for obj, opts, K in objectives:
             for est in ESTIMATORS:
                 if not _applicable(model, obj, opts, K, est.name):
                     continue
-                first = (est.name, obj) not in seen
-                seen.add((est.name, obj))
                 name = f"{setup}-{obj}{''.join(f'-{k}{v}' for k, v in opts.items())}-K{K}-{est.name}"
-                cases.append(pytest.param(setup, obj, opts, K, est.name, id=name,
-                                          marks=() if first else pytest.mark.slow))
+                cases.append(pytest.param(setup, obj, opts, K, est.name, id=name))
     return cases
 
 

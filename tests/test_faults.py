@@ -39,6 +39,7 @@ def _assert_same_run(a: Path, b: Path) -> None:
     assert ja["final_bound"] == jb["final_bound"] and ja["steps"] == jb["steps"]
 
 
+@pytest.mark.slow
 def test_sigkill_midway_resumes_to_identical_metrics(tmp_path):
     """A job killed with SIGKILL after a checkpoint resumes from it and ends, on CPU, with
     exactly the metrics of an uninterrupted run with the same seed (RNG states, the epoch's
@@ -131,6 +132,17 @@ def test_nan_mid_training_names_cell_and_step(tmp_path, monkeypatch, capsys):
     assert cell_loaded.id == "f/gmm2d/gmm/iwae/K4/score/seed3"
 
 
+def test_nan_in_discrete_sampling_is_a_clear_error(tmp_path, capsys):
+    """A mixture model trained with lr=1e30 gets NaN mixing weights after one step; the next
+    step's Categorical sampling must stop with the one-line NonFiniteError too."""
+    cell = {"experiment": "f", "dataset": "gmm2d", "model": "gmm", "objective": "iwae", "K": 2,
+            "estimator": "score", "seed": 0, "dataset_options": {"n_train": 64, "n_test": 16},
+            "train": {"steps": 5, "batch_size": 16, "lr": 1.0e30}}
+    code = main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 2 and "cell f/gmm2d/gmm/iwae/K2/score/seed0: non-finite" in err and "Traceback" not in err
+
+
 def test_evaluation_out_of_memory_retries_with_smaller_chunks(monkeypatch, capsys, float64):
     """A chunk that raises CUDA's out-of-memory error is retried with fewer samples per
     chunk until it fits. With q equal to the exact posterior every log-weight equals
@@ -162,6 +174,7 @@ def test_evaluation_out_of_memory_retries_with_smaller_chunks(monkeypatch, capsy
 
 
 
+@pytest.mark.slow
 def test_gpu_slots_spread_jobs_and_never_double_book(tmp_path, capsys):
     """Concurrent jobs on a 2-GPU workstation with 2 jobs per GPU claim distinct locks: the
     first two spread over both GPUs, the next two take the second slots, and a slot freed

@@ -113,6 +113,7 @@ def tiny_run(tmp_path_factory) -> Path:
     return work
 
 
+@pytest.mark.slow
 def test_tiny_run_covers_every_rule(tiny_run):
     """Every rule of the one Snakefile ran, its default target ``all`` included."""
     rules = set(re.findall(r"^(\w+)(?: \(|$)", snakemake(tiny_run, "--list-rules").stdout, re.M))
@@ -121,6 +122,7 @@ def test_tiny_run_covers_every_rule(tiny_run):
     assert ran == rules
 
 
+@pytest.mark.slow
 def test_tiny_run_covers_every_model_family(tiny_run):
     summary = pd.read_csv(tiny_run / "results" / "tables" / "summary.csv")
     cells = plan(load(TINY_CONFIG)).cells
@@ -130,6 +132,7 @@ def test_tiny_run_covers_every_model_family(tiny_run):
     assert (summary.status == "ok").all(), summary[["cell", "status"]]
 
 
+@pytest.mark.slow
 def test_tiny_run_tables(tiny_run):
     tables = tiny_run / "results" / "tables"
     skipped = plan(load(TINY_CONFIG)).skipped
@@ -149,12 +152,14 @@ def test_tiny_run_tables(tiny_run):
         assert (tables / name).stat().st_size > 0, name
 
 
+@pytest.mark.slow
 def test_tiny_run_bound_ordering_passes(tiny_run):
     ordering = pd.read_csv(tiny_run / "results" / "tables" / "ordering.csv")
     assert len(ordering) == len(plan(load(TINY_CONFIG)).cells)
     assert ordering.passed.all(), ordering[~ordering.passed]
 
 
+@pytest.mark.slow
 def test_tiny_run_figures(tiny_run):
     pngs = sorted((tiny_run / "results" / "figures").glob("*.png"))
     assert pngs
@@ -163,6 +168,7 @@ def test_tiny_run_figures(tiny_run):
         assert png.with_suffix(".pdf").stat().st_size > 0, png.name
 
 
+@pytest.mark.slow
 def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_path):
     """After the run nothing is left to do; a new K value adds only its own cells, and a
     changed setting of one experiment reruns only that experiment's cells."""
@@ -187,6 +193,7 @@ def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_p
         (tiny_run / "config" / "config.yaml").write_text(original)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("edit, rule", [
     (lambda c: c["eval"].update(n_test=20), "evaluate"),
     (lambda c: c["gradvar"].update(draws=3), "gradvar"),
@@ -213,6 +220,7 @@ def test_tiny_run_measurement_edits_rerun_only_that_measurement(tiny_run, edit, 
         (tiny_run / "config" / "config.yaml").write_text(original)
 
 
+@pytest.mark.slow
 def test_tiny_run_measurements_record_their_settings(tiny_run):
     """eval.json, gradvar.csv and amortization.json hold the settings they were computed
     with; cell.json and the checkpoint hold the training spec and nothing else."""
@@ -229,6 +237,7 @@ def test_tiny_run_measurements_record_their_settings(tiny_run):
     assert set(cell.to_dict()) >= {"train"} and not {"eval", "gradvar", "device", "data_dir"} & set(cell.to_dict())
 
 
+@pytest.mark.slow
 def test_report_renders(tiny_run):
     proc = snakemake(tiny_run, "--report", "results/report.html")
     assert (tiny_run / "results" / "report.html").stat().st_size > 10_000, proc.stderr
@@ -249,6 +258,7 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 EXPERIMENT_CONFIGS = sorted((ROOT / "config" / "experiments").glob("*.yaml"))
 
 
+@pytest.mark.slow
 @needs_snakemake
 @pytest.mark.skipif(not (SHARED_DATA / "mnist").exists(), reason="needs the verified MNIST copies in ../shared/data")
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.stem)

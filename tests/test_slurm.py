@@ -35,6 +35,8 @@ import pytest
 import test_pipeline as local  # the local run's helpers and output checks
 from test_pipeline import ROOT, TINY_CONFIG, workdir_with
 
+pytestmark = pytest.mark.slow
+
 PACKAGES = ["slurmctld", "slurmd", "slurm-client", "munge"]
 DAEMONS = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/bin/sbatch", "/usr/bin/squeue"]
 SUBMITTED = {"train", "evaluate", "gradvar", "amortize"}  # the other rules are localrules
