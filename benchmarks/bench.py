@@ -38,7 +38,7 @@ from lvmbench.models import build_model, log_weights
 from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import make_objective
 from lvmbench.settings import TrainSettings
-from lvmbench.train import Parameters, make_optimizer, train_step
+from lvmbench.train import Ensemble, train_step
 
 BURDA_STEPS = 3280 * (59_600 // 20)
 BURDA_TEST = 10_000
@@ -94,12 +94,12 @@ def bench_device(device: torch.device, seconds: float) -> dict:
 
     for batch in (20, 100):
         x = x_all[:batch]
-        model = build_model("vae", 784).to(device)
-        params = Parameters.of(model, estimator)
-        opt = make_optimizer(params, TrainSettings(lr=1e-3, adam_eps=1e-4))
+        model = build_model("vae", 784)
+        ensemble = Ensemble.of([model], [estimator], objective, 50, TrainSettings(lr=1e-3, adam_eps=1e-4), [0],
+                               device)
 
         def lvmbench_step():  # the trainer's own step
-            train_step(model, estimator, objective, x, 50, params, opt)
+            train_step(ensemble, x[None], 0, 1e-3)
 
         plain = PlainIWAE().to(device)
         plain_opt = torch.optim.Adam(plain.parameters(), lr=1e-3, eps=1e-4)

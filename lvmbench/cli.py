@@ -118,14 +118,26 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from lvmbench.runs import RunDir
     from lvmbench.settings import Cell
-    from lvmbench.train import train
+    from lvmbench.train import train_bundle
 
     path = Path(args.cell)
     text = path.read_text() if not args.cell.lstrip().startswith(("{", "[")) and path.is_file() else args.cell
-    summary = train(Cell.from_dict(_json(text, "--cell (neither a JSON file nor JSON text)")), args.out,
-                    progress=not args.quiet, device=args.device, data_dir=args.data_dir)
-    print(json.dumps(summary))
+    spec = _json(text, "--cell (neither a JSON file nor JSON text)")
+    if not isinstance(spec, dict):
+        raise LvmbenchError(f"--cell must be a JSON mapping (a training spec), got {type(spec).__name__}")
+    outs = [Path(o).parent if Path(o).name == "train.json" else Path(o) for o in args.out]
+    if len(outs) == 1 and "seed" in spec:
+        cells = [Cell.from_dict(spec)]
+    else:  # a bundle: each run directory spells its cell, whose seed it gives
+        ids = [RunDir(o).path_id() for o in outs]
+        if None in ids:
+            raise LvmbenchError(f"{outs[ids.index(None)]}: the run directories of a bundle must be laid out as "
+                                "runs/<experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>")
+        cells = [Cell.from_dict({**spec, "seed": int(i.rsplit("/seed", 1)[1])}) for i in ids]
+    for summary in train_bundle(cells, outs, progress=not args.quiet, device=args.device, data_dir=args.data_dir):
+        print(json.dumps(summary))
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
@@ -136,6 +148,9 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
                                        "batch_size": args.batch_size}, "eval")
     result = evaluate_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out,
                           progress=not args.quiet)
+    if "status" in result:
+        print(f"{result['cell']}: not evaluated, {result['status']}", file=sys.stderr)
+        return
     print(f"{result['cell']}: log p(x) ~= {result['log_px']:.3f} +- {result['log_px_se']:.3f} (L_{s.K_eval}); "
           f"bound ordering {'passed' if result['ordering_passed'] else 'FAILED'}", file=sys.stderr)
 
@@ -157,6 +172,9 @@ def cmd_amortize(args: argparse.Namespace) -> None:
         "n_test", "steps", "lr", "K", "K_eval", "objective", "check_every", "seed")}, "amortization")
     summary = amortize_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out,
                            progress=not args.quiet)
+    if "status" in summary:
+        print(f"{summary['cell']}: not amortized, {summary['status']}", file=sys.stderr)
+        return
     print(f"{summary['cell']}: amortization gap {summary['gap']:.4f} +- {summary['gap_se']:.4f} nats "
           f"({summary['objective']}, K={summary['K']}, {summary['n_points']} points, {summary['steps']} steps)",
           file=sys.stderr)
@@ -233,12 +251,16 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("train", help="train one cell",
                        description="Train one cell from its training spec (dataset x model x objective x K x "
-                                   "estimator x seed, with their options and the train settings). Writes "
-                                   "cell.json, checkpoint.pt, snapshots/, train.csv and train.json into --out, "
-                                   "resuming from --out/checkpoint.pt when it holds the same spec.")
+                                   "estimator x seed, with their options and the train settings), or a bundle of "
+                                   "cells equal but for the seed as one batched computation. Writes cell.json, "
+                                   "checkpoint.pt, snapshots/, train.csv and train.json into each run directory, "
+                                   "resuming each from its checkpoint when it holds the same spec. A member whose "
+                                   "loss or gradient becomes non-finite is stopped and recorded as diverged.")
     s.add_argument("--cell", required=True, help="the training spec as JSON text or a JSON file "
-                                                 "(see lvmbench.settings.Cell)")
-    s.add_argument("--out", required=True, help="run directory")
+                                                 "(see lvmbench.settings.Cell); for a bundle, without its seed")
+    s.add_argument("--out", required=True, nargs="+",
+                   help="run directory (or its train.json); several make a bundle, each laid out as "
+                        "runs/<cell id>, whose seed it gives")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_environment(s)
     s.set_defaults(func=cmd_train)

@@ -53,10 +53,10 @@ from typing import Callable
 import numpy as np
 import torch
 from torch import Tensor
-from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, kl_divergence
+from torch.distributions import Distribution, Independent, MultivariateNormal, Normal
 
 from lvmbench.estimators.base import grad_or_zeros
-from lvmbench.models.base import LatentVariableModel, proposal_distribution
+from lvmbench.models.base import LatentVariableModel, posterior_kl, proposal_distribution
 from lvmbench.objectives import Objective
 from lvmbench.stats import log_mean_exp
 
@@ -250,7 +250,7 @@ def expected_bound(model: LatentVariableModel, objective: Objective, x: Tensor, 
     if method == "exact":
         if part == "decoder":
             return model.log_marginal(x)
-        return -kl_divergence(model.posterior(x), model.encoder(x))
+        return -posterior_kl(model, x)
 
     r = proposal_distribution(model, objective.proposal, x)
     B = x.shape[0]

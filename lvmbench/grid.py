@@ -16,6 +16,7 @@ and amortization settings).
 from __future__ import annotations
 
 import itertools
+import json
 import re
 from dataclasses import dataclass, fields
 from typing import Any
@@ -156,6 +157,42 @@ class Plan:
     def amortized(self) -> list[Cell]:
         """The cells the amortization block selects."""
         return [c for c in self.cells if self.measurements[c.id].amortize is not None]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """Cells equal but for their seed, trained together as one batched computation (one train
+    job; see :mod:`lvmbench.train`). ``cells`` are in seed order."""
+
+    cells: tuple[Cell, ...]
+
+    @property
+    def id(self) -> str:
+        """The first cell's id with all the members' seeds: ``.../seed0+1+2``."""
+        return self.cells[0].id.rsplit("/", 1)[0] + "/seed" + "+".join(str(c.seed) for c in self.cells)
+
+    @property
+    def spec(self) -> dict:
+        """The training spec the members share: the first cell's, without its seed."""
+        return {k: v for k, v in self.cells[0].to_dict().items() if k != "seed"}
+
+
+def bundles(cells: list[Cell], size: int, finished: frozenset[str] = frozenset()) -> list[Bundle]:
+    """Group the cells that differ only in their seed into bundles of at most ``size``, in seed
+    order. Cells in ``finished`` (ids of cells already trained) stay alone: a finished cell
+    never joins a bundle that still has to train, so adding a seed trains only the new cells
+    and leaves the finished ones, and their measurements, as they are."""
+    groups: dict[str, list[Cell]] = {}
+    for cell in cells:
+        groups.setdefault(json.dumps({k: v for k, v in cell.to_dict().items() if k != "seed"}, sort_keys=True),
+                          []).append(cell)
+    out = []
+    for members in groups.values():
+        members = sorted(members, key=lambda c: c.seed)
+        out += [Bundle((c,)) for c in members if c.id in finished]
+        todo = [c for c in members if c.id not in finished]
+        out += [Bundle(tuple(todo[i:i + size])) for i in range(0, len(todo), size)]
+    return out
 
 
 def _amortization(config: dict, cells: list[Cell]) -> tuple[AmortizeSettings | None, set[str]]:

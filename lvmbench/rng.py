@@ -22,7 +22,8 @@ from lvmbench.errors import LvmbenchError
 #: every purpose that draws random numbers; the index is the SeedSequence spawn key, so new
 #: purposes go at the end
 PURPOSES = ("model_init", "data_order", "binarization", "sampling", "evaluation", "evaluation_binarization",
-            "gradients", "gradients_batch", "amortization", "amortization_evaluation", "ais", "simulation")
+            "gradients", "gradients_batch", "amortization", "amortization_evaluation", "ais", "simulation",
+            "estimator_init")
 
 
 def stream_seed(seed: int, purpose: str) -> int:

@@ -15,7 +15,8 @@ One directory per cell, ``<results>/runs/<cell id>/``, with the cell id
 ======================  ===================================================================
 
 :class:`RunDir` writes and reads all of these; :func:`load_trained` hands a trained model
-to the measurements and the figures. Where the directory path, ``cell.json`` and the spec
+to the measurements and the figures. :meth:`RunDir.is_finished` tells the planner which
+cells need no training. Where the directory path, ``cell.json`` and the spec
 stored in a checkpoint disagree, it stops with one line naming both.
 """
 
@@ -36,7 +37,7 @@ from lvmbench.grid import why_invalid_for
 from lvmbench.io import load_json, save_csv, save_json, save_torch
 from lvmbench.models import LatentVariableModel, build_model
 from lvmbench.objectives import make_objective
-from lvmbench.rng import forked_rng
+from lvmbench.rng import forked_rng, stream_seed
 from lvmbench.settings import Cell
 
 #: a cell id at the end of a path: .../<experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>
@@ -113,9 +114,9 @@ class RunDir:
             raise LvmbenchError(f"checkpoint {path} is not an lvmbench checkpoint; retrain the cell")
         return state
 
-    def resume_state(self, cell: Cell) -> dict | None:
-        """The checkpoint's state when it is readable and belongs to ``cell``, else None
-        (training starts afresh, with the reason on stderr)."""
+    def resume_state(self, cell: Cell, layout: int) -> dict | None:
+        """The checkpoint's state when it is readable, of the trainer's ``layout`` and belongs to
+        ``cell``, else None (training starts afresh, with the reason on stderr)."""
         if not self.checkpoint.exists():
             return None
         try:
@@ -123,11 +124,27 @@ class RunDir:
         except LvmbenchError as err:
             print(f"[lvmbench] {err}; starting afresh", file=sys.stderr)
             return None
+        if state.get("format") != layout:
+            print(f"[lvmbench] {self.checkpoint} is of an older layout; starting afresh", file=sys.stderr)
+            return None
         if state["cell"] != cell.to_dict():
             print(f"[lvmbench] {self.checkpoint} belongs to another configuration (it differs in "
                   f"{_spec_difference(state['cell'], cell.to_dict())}); starting afresh", file=sys.stderr)
             return None
         return state
+
+    def is_finished(self, cell: Cell) -> bool:
+        """Whether ``cell`` is trained here: its summary is written and ``cell.json`` is this spec."""
+        try:
+            return self.file("train.json").exists() and load_json(self.file("cell.json")) == cell.to_dict()
+        except (OSError, ValueError):
+            return False
+
+    def divergence(self) -> str | None:
+        """"diverged at step N" when training stopped on a non-finite loss or gradient, else None."""
+        summary = self.read_json("train")
+        return f"diverged at step {summary['diverged_at']}" if summary and summary.get("status") == "diverged" \
+            else None
 
     def save_checkpoint(self, state: dict) -> None:
         save_torch(state, self.checkpoint)
@@ -160,21 +177,26 @@ class RunDir:
         return save_csv(df, self.file(f"{name}.csv"))
 
 
+def build(cell: Cell, data: Dataset) -> LatentVariableModel:
+    """The cell's model, initialised from the training data with the cell's ``model_init``
+    random stream (on a fork: the global RNG is left as it was). Refuses a cell that cannot
+    run."""
+    with forked_rng(torch.device("cpu"), stream_seed(cell.seed, "model_init")):
+        model = build_model(cell.model_name, data.dim, **cell.model_options)
+        objective = make_objective(cell.objective_name, **cell.objective_options)
+        reason = why_invalid_for(cell.model_name, model, objective, cell.K, cell.estimator_name, dataset=cell.dataset)
+        if reason:
+            raise LvmbenchError(f"cell {cell.id}: {reason}")
+        model.init_from_data(data.train)
+    return model
+
+
 def setup(cell: Cell, device: torch.device | str | None = None,
           data_dir: str | None = None) -> tuple[Dataset, LatentVariableModel, torch.device]:
-    """Load the cell's data and build its model on the device, seeded with the cell's seed
-    (the global RNG is seeded here; the trainer's sampling continues from it). Refuses a cell
-    that cannot run."""
+    """Load the cell's data and build its model (:func:`build`) on the device."""
     device = device if isinstance(device, torch.device) else pick_device(device)
     data = load_dataset(cell.dataset, data_dir, **cell.dataset_options)
-    torch.manual_seed(cell.seed)
-    model = build_model(cell.model_name, data.dim, **cell.model_options)
-    objective = make_objective(cell.objective_name, **cell.objective_options)
-    reason = why_invalid_for(cell.model_name, model, objective, cell.K, cell.estimator_name, dataset=cell.dataset)
-    if reason:
-        raise LvmbenchError(f"cell {cell.id}: {reason}")
-    model.init_from_data(data.train)
-    return data, model.to(device), device
+    return data, build(cell, data).to(device), device
 
 
 class Trained(NamedTuple):
@@ -206,8 +228,7 @@ def load_trained(run: str | Path, snapshot: str | Path | None = None, device: to
             stored_id = "of an older layout"
         raise LvmbenchError(f"{path} holds the cell {stored_id} but {rd.file('cell.json')} is the cell {cell.id} "
                             f"(they differ in {_spec_difference(stored, cell.to_dict())}); retrain the cell")
-    with forked_rng(torch.device("cpu")):
-        data, model, _ = setup(cell, device, data_dir)
+    data, model, _ = setup(cell, device, data_dir)
     try:
         model.load_state_dict(state["model"])
     except RuntimeError as err:

@@ -16,7 +16,7 @@ from lvmbench.models import build_model
 from lvmbench.models.flow import IAF, MADE, build_flow
 from lvmbench.objectives import make_objective
 from lvmbench.settings import TrainSettings
-from lvmbench.train import Parameters, make_optimizer, train_step
+from lvmbench.train import Ensemble, train_step
 
 FLOW = {"type": "iaf", "layers": 2, "hidden": 8}
 
@@ -165,16 +165,13 @@ def test_flow_encoder_trains(name, estimator, objective, K):
     """A few training steps (the trainer's own, which checks that the bound and every
     gradient are finite): the gradient reaches every flow layer's parameters."""
     model, x = MODELS[name]()
-    est = make_estimator(estimator)
-    params = Parameters.of(model, est)
-    names = {id(p): n for n, p in model.named_parameters()}
-    opt = make_optimizer(params, TrainSettings(lr=1e-2))
-    for _ in range(4):
-        assert torch.isfinite(train_step(model, est, make_objective(objective), x, K, params, opt))
-        reached = {names[id(p)].split(".mades.")[1].split(".")[0] for p in params.phi
-                   if ".mades." in names[id(p)] and p.grad.abs().sum() > 0}
+    ens = Ensemble.of([model], [make_estimator(estimator)], make_objective(objective), K, TrainSettings(lr=1e-2), [0])
+    for step in range(4):
+        assert torch.isfinite(train_step(ens, x[None], step, 1e-2)).all() and ens.alive.all()
+        reached = {n.split(".mades.")[1].split(".")[0] for n in ens.groups["phi"]
+                   if ".mades." in n and ens.params[n].grad.abs().sum() > 0}
         assert reached == {"0", "1"}, f"gradient reached flow layers {sorted(reached)}"
-    assert all(torch.isfinite(p).all() for p in model.parameters())
+    assert all(torch.isfinite(p).all() for p in ens.write_back(0, model).parameters())
 
 
 @pytest.mark.parametrize("name", MODELS)

@@ -18,7 +18,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from lvmbench.grid import plan
+from lvmbench.grid import bundles, plan
 from lvmbench.settings import EvalSettings, GradvarSettings, TrainSettings
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -53,6 +53,11 @@ def job_counts(output: str) -> dict[str, int]:
     """The 'Job stats' table of a dry run: rule -> number of jobs."""
     table = output[output.index("Job stats:"):]
     return {m[1]: int(m[2]) for m in re.finditer(r"^(\w+)\s+(\d+)$", table, re.M) if m[1] != "total"}
+
+
+def train_jobs(counts: dict[str, int]) -> int:
+    """Train jobs in a job-count table: one rule per bundle, train_<i>."""
+    return sum(n for rule, n in counts.items() if re.fullmatch(r"train_[0-9]+", rule))
 
 
 def load(path: Path) -> dict:
@@ -91,11 +96,12 @@ def test_config_readme_documents_every_key():
 
 @needs_snakemake
 def test_default_config_dry_run_matches_plan(tmp_path):
-    """One train, evaluate and gradvar job per valid cell that plan() reports."""
+    """One train job per bundle, one evaluate and gradvar job per valid cell that plan() reports."""
     planned = plan(load(DEFAULT_CONFIG))
     cells, skipped = planned.cells, planned.skipped
     counts = job_counts(snakemake(workdir_with(tmp_path, DEFAULT_CONFIG), "-n", "--quiet", "rules").stdout)
-    assert counts["train"] == counts["evaluate"] == counts["gradvar"] == len(cells)
+    assert train_jobs(counts) == len(bundles(cells, planned.workflow.bundle)) < len(cells)
+    assert counts["evaluate"] == counts["gradvar"] == len(cells)
     assert counts["prepare"] == len({c.dataset for c in cells})
     assert skipped, "the default config should show some skipped combinations"
 
@@ -115,11 +121,19 @@ def tiny_run(tmp_path_factory) -> Path:
 
 @pytest.mark.slow
 def test_tiny_run_covers_every_rule(tiny_run):
-    """Every rule of the one Snakefile ran, its default target ``all`` included."""
+    """Every rule of the one Snakefile ran, its default target ``all`` included: one train rule
+    per bundle, and the bundles of the seeds 0 and 1 of snr hold both."""
     rules = set(re.findall(r"^(\w+)(?: \(|$)", snakemake(tiny_run, "--list-rules").stdout, re.M))
     ran = set(re.findall(r"^(?:local)?rule (\w+):$", (tiny_run / "snakemake.log").read_text(), re.M))
-    assert {"prepare", "plan", "train", "evaluate", "gradvar", "amortize", "aggregate", "plot", "all"} == rules
+    planned = plan(load(TINY_CONFIG))
+    n_bundles = len(bundles(planned.cells, planned.workflow.bundle))
+    assert n_bundles < len(planned.cells)
+    assert {"prepare", "plan", "evaluate", "gradvar", "amortize", "aggregate", "plot", "all",
+            *(f"train_{i}" for i in range(n_bundles))} == rules
     assert ran == rules
+    summary = json.loads((tiny_run / "results" / "runs" / "snr/gaussian_toy/linear_gaussian/iwae/K2/stl/seed1"
+                          / "train.json").read_text())
+    assert summary["bundle"] == [0, 1]
 
 
 @pytest.mark.slow
@@ -180,7 +194,7 @@ def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_p
         config["experiments"]["snr"]["K"].append(16)  # two new cells: reparam and stl at K=16
         workdir_with(tiny_run, config)
         counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
-        assert counts.get("train") == counts.get("evaluate") == counts.get("gradvar") == 2
+        assert train_jobs(counts) == 2 and counts.get("evaluate") == counts.get("gradvar") == 4  # 2 seeds each
         assert "prepare" not in counts
 
         config = load(TINY_CONFIG)
@@ -188,7 +202,7 @@ def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_p
         workdir_with(tiny_run, config)
         counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
         n_mnist = sum(c.experiment == "mnist" for c in plan(config).cells)
-        assert counts.get("train") == n_mnist
+        assert train_jobs(counts) == n_mnist
     finally:
         (tiny_run / "config" / "config.yaml").write_text(original)
 

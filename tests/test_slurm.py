@@ -242,7 +242,9 @@ def test_slurm_jobs_were_submitted_with_their_resources(slurm, slurm_run):
     expected = {rule: len(list(runs.glob(f"**/{name}"))) for rule, name in
                 (("train", "train.json"), ("evaluate", "eval.json"), ("gradvar", "gradvar.csv"),
                  ("amortize", "amortization.json"))}
-    assert expected["train"] == len(local.plan(local.load(TINY_CONFIG)).cells)
+    planned = local.plan(local.load(TINY_CONFIG))
+    assert expected["train"] == len(planned.cells)
+    expected["train"] = len(local.bundles(planned.cells, planned.workflow.bundle))  # one train job per bundle
     by_rule = {rule: [j for j in jobs if j.get("Comment", "").startswith(f"rule_{rule}_")] for rule in SUBMITTED}
     assert {rule: len(v) for rule, v in by_rule.items()} == expected, out[:3000]
     assert len(jobs) == sum(expected.values())  # nothing else was submitted

@@ -17,10 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
-from torch.distributions import kl_divergence
 
 from lvmbench.estimators.base import ENCODER_SAMPLED, Estimator, SurrogateParts, stopped_log_w
-from lvmbench.models.base import LatentVariableModel, log_weights
+from lvmbench.models.base import LatentVariableModel, log_weights, posterior_kl
 from lvmbench.objectives import Objective
 
 
@@ -87,5 +86,4 @@ class ExactGradient(Estimator):
 
     def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
         log_px = model.log_marginal(x)
-        kl = kl_divergence(model.posterior(x), model.encoder(x))
-        return SurrogateParts(log_px.mean(), -kl.mean(), log_px.detach())
+        return SurrogateParts(log_px.mean(), -posterior_kl(model, x).mean(), log_px.detach())

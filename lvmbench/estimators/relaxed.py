@@ -16,8 +16,6 @@ The temperature anneals as tau = max(min_temperature, temperature * exp(-anneal_
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor
 
@@ -41,12 +39,14 @@ class Relaxed(Estimator):
         self.register_buffer("step", torch.zeros((), dtype=torch.long))
 
     @property
-    def tau(self) -> float:
-        return max(self.min_temperature, self.temperature * math.exp(-self.anneal_rate * int(self.step)))
+    def tau(self) -> Tensor:
+        """max(min_temperature, temperature * exp(-anneal_rate * step)), as a tensor (so that it
+        follows the step buffer inside a batched, compiled step)."""
+        return (self.temperature * torch.exp(-self.anneal_rate * self.step.double())).clamp_min(self.min_temperature)
 
     def forward(self, model: LatentVariableModel, objective: Objective, x: Tensor, K: int) -> SurrogateParts:
         if self.training:
-            self.step += 1
+            self.step.add_(1)
         z_soft, z_st = model.relaxed_rsample(x, K, self.tau)
         log_pz, log_qz = model.prior().log_prob(z_st), model.encoder(x).log_prob(z_st)  # (K, B)
         log_w = log_pz + model.likelihood(z_st if self.hard_decoder_input else z_soft).log_prob(x) - log_qz

@@ -323,6 +323,13 @@ def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(
     to it (``.csv``); returns the summary.
     """
     s = settings
+    out = Path(out) if out else RunDir(run).file("amortization.json")
+    diverged = RunDir(run).divergence()
+    if diverged:
+        summary = {"cell": RunDir(run).read_cell().id, "status": diverged, "settings": s.to_dict()}
+        save_json(summary, out)
+        save_csv(pd.DataFrame(columns=["point"]), out.with_suffix(".csv"))
+        return summary
     cell, data, model, _, _ = load_trained(run, device=device, data_dir=data_dir)
     obj = make_objective(s.objective) if s.objective else default_objective(cell)
     K = s.K or cell.K
@@ -333,7 +340,6 @@ def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(
                                      check_every=s.check_every, seed=s.seed, max_samples=s.max_samples,
                                      progress=progress)
     summary = {"cell": cell.id, **result.summary(), "device": str(dev), "settings": s.to_dict()}
-    out = Path(out) if out else RunDir(run).file("amortization.json")
     save_json(summary, out)
     save_csv(result.table(), out.with_suffix(".csv"))
     return summary

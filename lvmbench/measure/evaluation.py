@@ -232,7 +232,14 @@ def summarize(est: PointEstimates, threshold: float = 3.0) -> dict:
 def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), device: torch.device | str | None = None,
                  data_dir: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate a trained run with ``settings`` and write ``eval.json`` (or ``out``), which
-    records the settings; returns the result."""
+    records the settings; returns the result. A run whose training diverged is not evaluated:
+    its result says so."""
+    out = Path(out) if out else RunDir(run).file("eval.json")
+    diverged = RunDir(run).divergence()
+    if diverged:
+        result = {"cell": RunDir(run).read_cell().id, "status": diverged, "settings": settings.to_dict()}
+        save_json(result, out)
+        return result
     trained = load_trained(run, device=device, data_dir=data_dir)
     model, data, s = trained.model, trained.data, settings
     device = next(model.parameters()).device
@@ -242,8 +249,5 @@ def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), devic
     result = {"cell": trained.cell.id, **summarize(est, s.ordering_threshold),
               "active_units": active_units(model, data.train[: s.active_units_n].to(device), seed=s.seed),
               "device": str(device), "settings": s.to_dict()}
-    if out is None:
-        RunDir(run).write_json("eval", result)
-    else:
-        save_json(result, out)
+    save_json(result, out)
     return result

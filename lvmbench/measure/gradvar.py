@@ -118,6 +118,11 @@ def gradvar_run(run: str | Path, settings: GradvarSettings = GradvarSettings(),
     ``settings.batch_size`` training points; writes ``gradvar.csv`` (or ``out``), whose
     ``draws``, ``gradvar_batch_size`` and ``gradvar_seed`` columns record the settings."""
     rd, s = RunDir(run), settings
+    if rd.divergence():  # a diverged run is not measured: an empty table, with its columns
+        table = pd.DataFrame(columns=["estimator", "objective", "K", "draws", "biased", "skipped", "group", "step",
+                                      "cell"])
+        save_csv(table, out or rd.file("gradvar.csv"))
+        return table
     snapshots = rd.snapshots()
     if not snapshots:
         raise LvmbenchError(f"no snapshots in {rd.snapshot_dir}; train the cell first")
@@ -136,8 +141,5 @@ def gradvar_run(run: str | Path, settings: GradvarSettings = GradvarSettings(),
                                 trained_estimator=cell.estimator, seed=cell.seed,
                                 gradvar_batch_size=s.batch_size, gradvar_seed=s.seed))
     table = pd.concat(frames, ignore_index=True)
-    if out is None:
-        rd.write_table("gradvar", table)
-    else:
-        save_csv(table, out)
+    save_csv(table, out or rd.file("gradvar.csv"))
     return table

@@ -19,9 +19,10 @@ import itertools
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Categorical, Distribution, Independent, OneHotCategorical
+from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
-from lvmbench.models.base import Chain, LatentVariableModel, mlp, set_output_bias
+from lvmbench.models.base import BernoulliLogits, Chain, LatentVariableModel, mlp, set_output_bias
+from lvmbench.noise import uniform_like
 
 MAX_ENUMERABLE_STATES = 4096
 
@@ -85,7 +86,7 @@ class SBN(EnumerableLatents):
 
     @staticmethod
     def _bern(logits: Tensor) -> Independent:
-        return Independent(Bernoulli(logits=logits), 1)
+        return Independent(BernoulliLogits(logits), 1)
 
     def prior(self) -> Distribution:
         top = self._bern(self.prior_logits)
@@ -111,7 +112,7 @@ class SBN(EnumerableLatents):
         softs, sts = [], []
         for net in self.encoder_net:
             logits = net(soft_in)
-            u = torch.rand_like(logits)
+            u = uniform_like(logits)
             noise = torch.log(u) - torch.log1p(-u)  # Logistic(0, 1), shared by both paths
             soft = torch.sigmoid((logits + noise) / temperature)
             st_logits = (logits if st_in is soft_in else net(st_in)) + noise  # the input layer is shared
@@ -151,7 +152,7 @@ class CatVAE(EnumerableLatents):
         return Independent(OneHotCategorical(logits=self.prior_logits), 1)
 
     def likelihood(self, z: Tensor) -> Independent:
-        return Independent(Bernoulli(logits=self.decoder_net(z.flatten(-2))), 1)
+        return Independent(BernoulliLogits(self.decoder_net(z.flatten(-2))), 1)
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.encoder_net(x).unflatten(-1, self.shape)  # (B, N, C)
@@ -162,7 +163,7 @@ class CatVAE(EnumerableLatents):
     def relaxed_rsample(self, x: Tensor, K: int, temperature: float) -> tuple[Tensor, Tensor]:
         """(z_relaxed, z_st) from Gumbel-softmax with shared Gumbel noise: (K, B, N, C)."""
         logits = self._logits(x).log_softmax(-1)
-        gumbel = -torch.log(-torch.log(torch.rand(K, *logits.shape, device=x.device).clamp_min(1e-20)))
+        gumbel = -torch.log(-torch.log(uniform_like(logits.expand(K, *logits.shape)).clamp_min(1e-20)))
         soft = ((logits + gumbel) / temperature).softmax(-1)
         hard = torch.nn.functional.one_hot(soft.argmax(-1), self.shape[1]).to(soft.dtype)
         return soft, _straight_through(hard, soft)

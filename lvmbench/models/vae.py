@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.distributions import Bernoulli, Distribution, Independent, Normal
+from torch.distributions import Distribution, Independent, Normal
 
-from lvmbench.models.base import Chain, LatentVariableModel, mlp, set_output_bias
+from lvmbench.models.base import BernoulliLogits, Chain, LatentVariableModel, mlp, set_output_bias
 from lvmbench.models.flow import build_flow
 
 #: Burda et al.'s architectures, by number of stochastic layers: (hidden sizes per layer, latent sizes)
@@ -85,7 +85,7 @@ class VAE(LatentVariableModel):
 
     def likelihood(self, z: Tensor) -> Independent:
         z1 = z[..., : self.latent_sizes[0]]
-        return Independent(Bernoulli(logits=self.decoder_out(z1)), 1)
+        return Independent(BernoulliLogits(self.decoder_out(z1)), 1)
 
     def encoder(self, x: Tensor) -> Distribution:
         first, *links = self.encoder_net

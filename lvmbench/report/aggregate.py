@@ -68,6 +68,8 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
     exact = ev_.get("exact_log_px")
     if trained is None:
         status = "not trained"
+    elif tr.get("status") == "diverged":
+        status = f"diverged at step {tr['diverged_at']}"
     elif ev is None:
         status = "not evaluated"
     elif not _finite(log_px, ev_.get("log_px_se")) or (exact is not None and not _finite(exact)):
@@ -86,7 +88,8 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
         "active_units": "+".join(map(str, units)) if units else "",
         "ordering_passed": ev_.get("ordering_passed"),
         "amortization_gap": am.get("gap", math.nan), "amortization_gap_se": am.get("gap_se", math.nan),
-        "final_train_bound": tr.get("final_bound", math.nan), "steps": tr.get("steps"),
+        "final_train_bound": tr.get("final_bound") if tr.get("final_bound") is not None else math.nan,
+        "steps": tr.get("steps"),
         "schedule": describe_schedule(c.get("train", {})),
         "wall_time": tr.get("wall_time", math.nan), "device": tr.get("device_name") or tr.get("device"),
     }
@@ -105,7 +108,7 @@ def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
                   f"'not trained'")
         rows.append(_summary_row(c, trained, ev, rd.read_json("amortization")))
         ids = {k: c[k] for k in ("cell", *RUN_KEYS)}
-        if ev is not None:
+        if ev is not None and "status" not in ev:  # a diverged run is not evaluated
             curves += [{"cell": c["cell"], **p} for p in ev.get("bound_curve", [])]
             checks += [{"cell": c["cell"], **chk} for chk in ev.get("ordering_checks", [])]
             failed = sum(not chk["passed"] for chk in ev.get("ordering_checks", []))

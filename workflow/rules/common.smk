@@ -24,7 +24,8 @@ from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
 
 from lvmbench.errors import LvmbenchError
-from lvmbench.grid import plan, resolve_variant
+from lvmbench.grid import bundles, plan, resolve_variant
+from lvmbench.runs import RunDir
 from lvmbench.settings import WorkflowSettings
 
 WORKFLOW_KEYS = {f.name for f in fields(WorkflowSettings)}  # where jobs run and write
@@ -73,6 +74,10 @@ AMORTIZED = [cell.id for cell in PLAN.amortized()]
 RESULTS = PLAN.workflow.results.rstrip("/")
 RUN = f"{RESULTS}/runs/{{cell}}"  # one directory per cell: <experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>
 DATASETS = sorted({cell.dataset for cell in CELLS.values()})
+# Cells equal but for the seed train together, at most `bundle` per train job; a cell
+# already trained stays alone, so adding seeds reruns nothing of the finished ones.
+FINISHED = frozenset(c.id for c in PLAN.cells if RunDir(f"{RESULTS}/runs/{c.id}").is_finished(c))
+BUNDLES = bundles(PLAN.cells, PLAN.workflow.bundle, FINISHED)
 # Where jobs run and find their data reach them through the environment, never through
 # params: every job (local or on a cluster node) parses this file again, so it sees them too.
 os.environ.update(
@@ -90,11 +95,6 @@ def plan_config(wildcards):
     """The config as JSON text for lvmbench plan, without the keys that only say where jobs
     run and write (so that changing them reruns nothing)."""
     return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS}, sort_keys=True)
-
-
-def train_spec(wildcards):
-    """The cell's training spec as JSON: train reruns when it changes, and only then."""
-    return CELLS[wildcards.cell].to_json()
 
 
 def _settings_json(settings):
@@ -115,10 +115,6 @@ def amortize_settings(wildcards):
 
 def run_dir(wildcards):
     return f"{RESULTS}/runs/{wildcards.cell}"
-
-
-def prepared_dataset(wildcards):
-    return f"{RESULTS}/data/{CELLS[wildcards.cell].dataset}.json"
 
 
 def output_dir(wildcards, output):

@@ -1,34 +1,41 @@
 # One directory per cell under results/runs/: train writes cell.json, train.csv,
 # train.json, checkpoint.pt and snapshots/; evaluate adds eval.json; gradvar adds
-# gradvar.csv; logs/ holds each job's log and benchmark (time and memory).
+# gradvar.csv; logs/ holds each job's log and benchmark (time and memory); a train job's
+# log is under results/logs/train/, one per bundle.
 # checkpoint.pt and snapshots/ are not declared outputs on purpose: Snakemake deletes
 # a failed job's outputs, and an interrupted run must keep its checkpoint to resume.
 # Each rule's params are its own part of the plan (see common.smk): the training spec
 # for train, the eval or gradvar settings for the measurements.
 
 
-rule train:
-    """Train one cell from its training spec (dataset x model x objective x K x
-    estimator x seed, with their options and the train settings)."""
-    input:
-        prepared_dataset,
-    output:
-        summary=f"{RUN}/train.json",
-        curve=f"{RUN}/train.csv",
-    log:
-        f"{RUN}/logs/train.log",
-    benchmark:
-        f"{RUN}/logs/train.benchmark.tsv"
-    params:
-        cell=train_spec,
-        run=run_dir,
-    threads: THREADS
-    resources:
-        gpu=GPUS,
-    conda:
-        ENV
-    shell:
-        "lvmbench train --cell {params.cell:q} --out {params.run:q} --quiet > {log:q} 2>&1"
+# One train rule per bundle (rules in a loop, Snakemake's way to give one job a variable
+# set of outputs): its outputs are the members' train.json, its params the training spec
+# they share, which does not change when the bundles are regrouped. Train jobs take the
+# executor's default resources (profiles/slurm sets them).
+for _index, _bundle in enumerate(BUNDLES):
+
+    rule:
+        name:
+            f"train_{_index}"
+        message:
+            f"train {_bundle.id}"
+        input:
+            f"{RESULTS}/data/{_bundle.cells[0].dataset}.json",
+        output:
+            [f"{RESULTS}/runs/{cell.id}/train.json" for cell in _bundle.cells],
+        log:
+            f"{RESULTS}/logs/train/{_bundle.id}.log",
+        benchmark:
+            f"{RESULTS}/logs/train/{_bundle.id}.benchmark.tsv"
+        params:
+            spec=json.dumps(_bundle.spec, sort_keys=True),
+        threads: THREADS
+        resources:
+            gpu=GPUS,
+        conda:
+            ENV
+        shell:
+            "lvmbench train --cell {params.spec:q} --out {output:q} --quiet > {log:q} 2>&1"
 
 
 rule evaluate:
