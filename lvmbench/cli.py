@@ -136,7 +136,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise LvmbenchError(f"{outs[ids.index(None)]}: the run directories of a bundle must be laid out as "
                                 "runs/<experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>")
         cells = [Cell.from_dict({**spec, "seed": int(i.rsplit("/seed", 1)[1])}) for i in ids]
-    for summary in train_bundle(cells, outs, progress=not args.quiet, device=args.device, data_dir=args.data_dir):
+    compile = {"true": True, "false": False}.get(args.compile, args.compile)
+    for summary in train_bundle(cells, outs, progress=not args.quiet, device=args.device, data_dir=args.data_dir,
+                                compile=compile):
         print(json.dumps(summary))
 
 
@@ -261,6 +263,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, nargs="+",
                    help="run directory (or its train.json); several make a bundle, each laid out as "
                         "runs/<cell id>, whose seed it gives")
+    s.add_argument("--compile", choices=["auto", "true", "false"],
+                   help="torch.compile the training step (default: $LVMBENCH_COMPILE, else auto: only for runs "
+                        "long enough to repay the compile time)")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _add_environment(s)
     s.set_defaults(func=cmd_train)

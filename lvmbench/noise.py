@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import math
 from contextlib import contextmanager
-from contextvars import ContextVar
 from typing import Iterator
 
 import torch
@@ -72,8 +71,8 @@ class Noise:
         n = math.prod(shape)
         base = mix(mix(self.key.to(device) ^ (torch.as_tensor(self.counter, device=device) * _STEP))
                    + _signed(self.draws * _DRAW % _M64))
-        index = torch.arange(n, dtype=torch.int64, device=device) * _GOLDEN
-        return mix(base.unsqueeze(-1) + index).reshape(*base.shape, *shape)
+        index = mix(torch.arange(n, dtype=torch.int64, device=device) + _GOLDEN)
+        return mix(base.unsqueeze(-1) ^ index).reshape(*base.shape, *shape)
 
     def uniform(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """Uniform numbers in the open interval (0, 1): the top 53 bits, centred in their cell."""
@@ -90,22 +89,24 @@ class Noise:
         return -torch.log(-torch.log(self.uniform(shape, torch.float64, device))).to(dtype)
 
 
-_ACTIVE: ContextVar[Noise | None] = ContextVar("lvmbench_noise", default=None)
+#: the active sources, innermost last: a plain list, which torch.compile traces (a ContextVar
+#: would break the graph)
+_ACTIVE: list[Noise] = []
 
 
 @contextmanager
 def using(noise: Noise) -> Iterator[Noise]:
     """Make ``noise`` the active source for the block."""
-    token = _ACTIVE.set(noise)
+    _ACTIVE.append(noise)
     try:
         yield noise
     finally:
-        _ACTIVE.reset(token)
+        _ACTIVE.pop()
 
 
 def active() -> Noise | None:
     """The active noise source, or None (then torch's global generator is used)."""
-    return _ACTIVE.get()
+    return _ACTIVE[-1] if _ACTIVE else None
 
 
 def uniform_like(t: Tensor) -> Tensor:

@@ -49,8 +49,15 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
     if origin in (typing.Union, types.UnionType):
         if value is None and type(None) in args:
             return None
-        (inner,) = [a for a in args if a is not type(None)]
-        return _check_value(value, inner, where)
+        inner = [a for a in args if a is not type(None)]
+        if len(inner) > 1:  # e.g. bool | str: the first type the value is
+            for hint in inner:
+                try:
+                    return _check_value(value, hint, where)
+                except LvmbenchError:
+                    continue
+            raise LvmbenchError(f"{where}: expected {' or '.join(map(_describe_type, inner))}, got {value!r}")
+        return _check_value(value, inner[0], where)
     if origin is tuple:
         if not isinstance(value, (list, tuple)):
             raise LvmbenchError(f"{where}: expected a list, got {value!r}")
@@ -72,10 +79,10 @@ def _check_range(value: Any, meta: dict, where: str) -> None:
     for v in values:
         if v is None:
             continue
-        if isinstance(v, str):
-            if "pattern" in meta and not re.fullmatch(meta["pattern"], v):
+        if isinstance(v, (str, bool)):
+            if "pattern" in meta and isinstance(v, str) and not re.fullmatch(meta["pattern"], v):
                 raise LvmbenchError(f"{where} must match {meta['pattern']}, got {v!r}")
-            if len(v) < meta.get("minLength", 0):
+            if isinstance(v, str) and len(v) < meta.get("minLength", 0):
                 raise LvmbenchError(f"{where} must not be empty")
             if "enum" in meta and v not in meta["enum"]:
                 raise LvmbenchError(f"{where} must be one of {', '.join(map(str, meta['enum']))}, got {v!r}")
@@ -139,6 +146,7 @@ class WorkflowSettings(Settings):
     threads: int = setting(1, minimum=1)  # CPU threads per train/evaluate/gradvar/amortize job
     gpu: int = setting(1, minimum=0)  # GPUs each such job requests (Snakemake resource gpu)
     bundle: int = setting(16, minimum=1)  # most cells (equal but for the seed) one train job trains together
+    compile: bool | str = setting("auto", choices=("auto", True, False))  # torch.compile the training step
 
 
 @dataclass(frozen=True)

@@ -23,6 +23,7 @@ tests all call. :func:`train_bundle` trains a bundle into its members' run direc
 from __future__ import annotations
 
 import math
+import os
 import sys
 import time
 from contextlib import contextmanager
@@ -48,6 +49,15 @@ from lvmbench.runs import RunDir, build
 from lvmbench.settings import Cell, TrainSettings
 
 CURVE_COLUMNS = ["step", "epoch", "bound", "lr", "time"]
+#: torch.compile's mode per device type: CUDA graphs on a GPU, where an uncaptured step is
+#: bound by kernel-launch latency and shapes are static within a bundle
+COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": None}
+#: the fewest steps for which ``compile: auto`` compiles, per device type. Measured on this
+#: project's 2-core CPU (docs/performance.md): compiling Burda's VAE step costs about a
+#: minute and saves about 15% of each step, so it repays itself only after about 40 minutes
+#: of training; on a GPU, where CUDA graphs remove the launch latency, after a few thousand
+#: steps (an estimate: no GPU was available when this was written).
+COMPILE_AFTER_STEPS = {"cpu": 50_000, "cuda": 2_000}
 #: the layout of checkpoint.pt; a checkpoint of another layout is not resumed
 CHECKPOINT_FORMAT = 2
 
@@ -97,7 +107,8 @@ class Ensemble:
     on the device.
     """
 
-    def __init__(self, members: list[Member], train: TrainSettings, keys: Tensor, device: torch.device):
+    def __init__(self, members: list[Member], train: TrainSettings, keys: Tensor, device: torch.device,
+                 compiled: bool = False):
         self.template = members[0]
         self.E, self.settings, self.device = len(members), train, device
         params, self.buffers = stack_module_state([m.to(device) for m in members])
@@ -110,14 +121,22 @@ class Ensemble:
         self.keys = keys.to(device)
         self.alive = torch.ones(self.E, dtype=torch.bool, device=device)
         self.diverged_at = torch.full((self.E,), -1, dtype=torch.int64, device=device)
-        self._forward = vmap(self._member, in_dims=(0, 0, 0, 0, None), randomness="error")
+        self.compiled = compiled
+        self._forward = torch.compile(self._batched, dynamic=False, mode=COMPILE_MODES[device.type]) if compiled \
+            else self._batched
+
+    def _batched(self, params: dict, buffers: dict, x: Tensor, keys: Tensor, step: Tensor):
+        """Every member's surrogate parts at once: vmap of :meth:`_member` over the member axis."""
+        return vmap(self._member, in_dims=(0, 0, 0, 0, None), randomness="error")(params, buffers, x, keys, step)
 
     @classmethod
     def of(cls, models: list[LatentVariableModel], estimators: list[Estimator], objective: Objective, K: int,
-           train: TrainSettings, seeds: list[int], device: torch.device | str = "cpu") -> "Ensemble":
+           train: TrainSettings, seeds: list[int], device: torch.device | str = "cpu",
+           compiled: bool = False) -> "Ensemble":
         """An ensemble of the given models and estimators, each sampling from its seed's stream."""
         keys = torch.stack([noise.key_of(stream_seed(seed, "sampling")) for seed in seeds])
-        return cls([Member(m, e, objective, K) for m, e in zip(models, estimators)], train, keys, torch.device(device))
+        return cls([Member(m, e, objective, K) for m, e in zip(models, estimators)], train, keys, torch.device(device),
+                   compiled)
 
     def write_back(self, m: int, model: LatentVariableModel) -> LatentVariableModel:
         """Load member ``m``'s current parameters into ``model`` (on its device); returns it."""
@@ -263,12 +282,25 @@ def _check_bundle(cells: list[Cell], outs: list[Path]) -> None:
         raise LvmbenchError("a bundle holds each seed once")
 
 
+def compile_choice(setting: bool | str | None, device: torch.device, steps: int) -> bool:
+    """Whether to compile the step: ``True``/``False``, or for ``"auto"`` (also None: then
+    ``$LVMBENCH_COMPILE``, else auto) when the cell trains at least
+    :data:`COMPILE_AFTER_STEPS` steps on this kind of device. The choice depends only on the
+    device and the planned length, so a cell trains the same way when it is resumed."""
+    if setting is None:
+        setting = {"true": True, "false": False}.get(os.environ.get("LVMBENCH_COMPILE", "auto"), "auto")
+    if setting == "auto":
+        return steps >= COMPILE_AFTER_STEPS.get(device.type, COMPILE_AFTER_STEPS["cuda"])
+    return bool(setting)
+
+
 def train_bundle(cells: list[Cell], outs: list[str | Path], progress: bool = True,
-                 device: torch.device | str | None = None, data_dir: str | None = None) -> list[dict]:
+                 device: torch.device | str | None = None, data_dir: str | None = None,
+                 compile: bool | str | None = None) -> list[dict]:
     """Train the cells of a bundle (equal but for the seed) together, each into its run
     directory; returns their summaries (train.json). A member already trained is left as it
     is; members resume from their own checkpoints, and members at different steps train in
-    groups of equal step, one group after the other."""
+    groups of equal step, one group after the other. ``compile``: see :func:`compile_choice`."""
     runs = [RunDir(o) for o in outs]
     _check_bundle(cells, [r.path for r in runs])
     for cell, run in zip(cells, runs):
@@ -299,22 +331,23 @@ def train_bundle(cells: list[Cell], outs: list[str | Path], progress: bool = Tru
     by_step: dict[int, list[int]] = {}
     for i in todo:
         by_step.setdefault(states[i]["step"] if states[i] else 0, []).append(i)
+    compiled = compile_choice(compile, device, total_steps(t, n))
     with flushed_denormals():
         for step, group in sorted(by_step.items()):
             done = _train_group([cells[i] for i in group], [runs[i] for i in group], [states[i] for i in group],
-                                data, x_train, device, progress)
+                                data, x_train, device, progress, compiled)
             summaries.update(zip(group, done))
     return [summaries[i] for i in range(len(cells))]
 
 
 def train(cell: Cell, out: str | Path, progress: bool = True, device: torch.device | str | None = None,
-          data_dir: str | None = None) -> dict:
+          data_dir: str | None = None, compile: bool | str | None = None) -> dict:
     """Train one cell into the run directory ``out``: a bundle of one (:func:`train_bundle`)."""
-    return train_bundle([cell], [out], progress=progress, device=device, data_dir=data_dir)[0]
+    return train_bundle([cell], [out], progress=progress, device=device, data_dir=data_dir, compile=compile)[0]
 
 
 def _train_group(cells: list[Cell], runs: list[RunDir], states: list[dict | None], data: Dataset, x_train: Tensor,
-                 device: torch.device, progress: bool) -> list[dict]:
+                 device: torch.device, progress: bool, compiled: bool) -> list[dict]:
     """Train members that are all at the same step (fresh, or resumed from their checkpoints)."""
     first, E = cells[0], len(cells)
     t, n = first.train, x_train.shape[0]
@@ -329,7 +362,7 @@ def _train_group(cells: list[Cell], runs: list[RunDir], states: list[dict | None
             estimator.load_state_dict(state["estimator"])
         members.append(Member(model, estimator, objective, cell.K))
     ens = Ensemble.of([m.model for m in members], [m.estimator for m in members], objective, first.K, t,
-                      [c.seed for c in cells], device)
+                      [c.seed for c in cells], device, compiled)
     batches = Minibatches(data, x_train, [c.seed for c in cells], t.batch_size, device)
     steps, snaps = total_steps(t, n), snapshot_steps(t, n)
     step, elapsed = (states[0]["step"], states[0]["elapsed"]) if states[0] else (0, 0.0)
@@ -408,7 +441,8 @@ def _train_group(cells: list[Cell], runs: list[RunDir], states: list[dict | None
         summary = {"cell": cell.id, "status": status, "steps": step if status == "finished" else diverged_at[m] - 1,
                    "diverged_at": diverged_at[m] if status == "diverged" else None,
                    "final_bound": rows[m][-1][2] if rows[m] else None, "wall_time": elapsed,
-                   "device": str(device), "device_name": device_name(device), "bundle": [c.seed for c in cells]}
+                   "device": str(device), "device_name": device_name(device), "bundle": [c.seed for c in cells],
+                   "compiled": compiled}
         run.write_json("train", summary)
         summaries.append(summary)
     return summaries

@@ -1,18 +1,17 @@
 """Faults at the level of the workflow: a run that diverges to NaN mid-training.
 
 tests/test_faults.py covers the runner (lvmbench train) alone: SIGKILL and resume,
-damaged checkpoints, an injected NaN, out-of-memory retries. Here the NaN comes through
-the real path, a learning rate of 1e30 (linear_gaussian with reparameterized gradients
-overflows at step 2, deterministically), inside a Snakemake run of two experiments.
+damaged checkpoints, an injected NaN, out-of-memory retries; tests/test_bundles.py a member
+of a bundle that diverges. Here the NaN comes through the real path, a learning rate of
+1e30 (linear_gaussian with reparameterized gradients overflows at step 2,
+deterministically), inside a Snakemake run of two experiments: the diverged cell is
+recorded as such, every other job finishes, and the tables say so without a NaN.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import re
-import shutil
-from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -29,38 +28,32 @@ CONFIG = {
     "gradvar": {"draws": 3, "batch_size": 4},
     "experiments": {
         "fine": AXES,
-        "diverge": {**AXES, "train": {"lr": 1.0e30}},
+        "diverge": {**AXES, "train": {"lr": 1.0e30}, "seeds": [0, 1]},
     },
 }
 GOOD = "fine/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed0"
 BAD = "diverge/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed0"
-MESSAGE = f"cell {BAD}: non-finite loss at step 2"
 
 
 @pytest.fixture(scope="module")
-def diverged(tmp_path_factory) -> tuple[Path, str]:
-    if shutil.which("snakemake") is None:
-        pytest.skip("snakemake is not installed")
+def diverged(tmp_path_factory):
     work = workdir_with(tmp_path_factory.mktemp("nan"), CONFIG)
-    proc = snakemake(work, "--cores", "2", "--keep-going", check=False)
-    assert proc.returncode != 0, "a diverging cell must fail the workflow"
+    proc = snakemake(work, "--cores", "2")
     return work, proc.stdout + proc.stderr
 
 
-def test_nan_stops_its_run_with_a_line_naming_the_cell(diverged):
-    work, out = diverged
-    log = work / "results" / "runs" / BAD / "logs" / "train.log"
-    lines = [line for line in log.read_text().splitlines() if line.strip()]
-    assert lines == [f"lvmbench train: error: {MESSAGE}; nothing was written for this step "
-                     "(the last checkpoint stays valid)"], lines
-    assert "Traceback" not in log.read_text()
-    assert re.search(r"Error in rule train:", out) and BAD in out  # Snakemake names the job
-    assert MESSAGE in out  # and shows its log (show-failed-logs in profiles/default)
-    assert not (work / "results" / "runs" / BAD / "train.json").exists()
+def test_divergence_is_recorded_with_one_line_naming_the_cell(diverged):
+    work, _ = diverged
+    log = work / "results" / "logs" / "train" / "diverge/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed0+1.log"
+    text = log.read_text()
+    assert f"cell {BAD}: diverged at step 2" in text and "Traceback" not in text
+    summary = json.loads((work / "results" / "runs" / BAD / "train.json").read_text())
+    assert (summary["status"], summary["diverged_at"]) == ("diverged", 2)
+    evaluation = json.loads((work / "results" / "runs" / BAD / "eval.json").read_text())
+    assert evaluation["status"] == "diverged at step 2" and "log_px" not in evaluation
 
 
-def test_keep_going_finishes_the_independent_jobs(diverged):
-    """The other experiment's train, evaluate and gradvar all complete, with finite numbers."""
+def test_the_other_jobs_finish_with_finite_numbers(diverged):
     work, _ = diverged
     run = work / "results" / "runs" / GOOD
     ev = json.loads((run / "eval.json").read_text())
@@ -68,12 +61,23 @@ def test_keep_going_finishes_the_independent_jobs(diverged):
     assert math.isfinite(json.loads((run / "train.json").read_text())["final_bound"])
     gradvar = pd.read_csv(run / "gradvar.csv")
     assert len(gradvar) and gradvar[["snr_mean", "var_mean"]].map(math.isfinite).all().all()
-    assert set((work / "results" / "plan" / "cells.txt").read_text().split()) == {GOOD, BAD}
 
 
-def test_no_nan_reaches_a_table(diverged):
-    """aggregate needs every cell's train.json, so it does not run: no table is written, so
-    none can hold the diverged cell's NaN; the run reports the incomplete jobs instead."""
-    work, out = diverged
-    assert not (work / "results" / "tables").exists()
-    assert "Exiting because a job execution failed" in out
+def test_no_nan_reaches_a_table_and_the_row_says_diverged(diverged):
+    """The tables are written; the diverged cells' rows say "diverged at step 2", they stay out
+    of the means, and no table holds a NaN where a number was computed."""
+    work, _ = diverged
+    tables = work / "results" / "tables"
+    summary = pd.read_csv(tables / "summary.csv").set_index("cell")
+    assert summary.loc[BAD, "status"] == "diverged at step 2"
+    assert summary.loc[GOOD, "status"] == "ok"
+    grouped = pd.read_csv(tables / "summary_grouped.csv")
+    assert set(grouped.experiment) == {"fine"}  # the sd of one seed is undefined, so only the means are checked
+    assert grouped[["n_seeds", "log_px_mean", "nll_mean", "exact_log_px_mean"]].notna().all().all()
+    assert "diverged at step 2" in (tables / "summary.md").read_text()
+    ok = summary[summary.status == "ok"]
+    assert ok[["test_log_px", "test_log_px_se", "final_train_bound"]].map(math.isfinite).all().all()
+    for name in ("bound_curve", "ordering", "ordering_checks"):
+        table = pd.read_csv(tables / f"{name}.csv")
+        assert not table.cell.str.startswith("diverge/").any(), name
+        assert table.select_dtypes("number").notna().all().all(), name

@@ -49,8 +49,8 @@ BLOCKS = {"train": TrainSettings, "eval": EvalSettings, "gradvar": GradvarSettin
 def _base(hint):
     """(inner type, nullable, is_list) of a field type."""
     origin, args = typing.get_origin(hint), typing.get_args(hint)
-    nullable = origin in (typing.Union, types.UnionType)
-    if nullable:
+    nullable = type(None) in args
+    if origin in (typing.Union, types.UnionType):
         hint = next(a for a in args if a is not type(None))
     if typing.get_origin(hint) is tuple:
         return typing.get_args(hint)[0], nullable, True
@@ -77,7 +77,8 @@ def readme_type(hint, meta: dict) -> str | None:
     if "pattern" in meta:
         return None
     if "enum" in meta:
-        names = [f"`{v}`" for v in meta["enum"]] + (["null"] if nullable else [])
+        names = [f"`{str(v).lower() if isinstance(v, bool) else v}`" for v in meta["enum"]] + \
+            (["null"] if nullable else [])
         return ", ".join(names[:-1]) + " or " + names[-1]
     word = {int: "integer", float: "number", str: "string"}[inner]
     bounds = []

@@ -53,6 +53,45 @@ class BernoulliLogits(Bernoulli):
         return value * self.logits - torch.nn.functional.softplus(self.logits)
 
 
+class BernoulliLinear(Distribution):
+    """Independent Bernoulli pixels whose logits are an affine map of features,
+    l = h W^T + b (a decoder's last layer): event shape (D,), batch shape h.shape[:-1].
+
+    The log-density sum_d x_d l_d - softplus(l_d) is computed with
+    sum_d x_d l_d = h . (x W) + x . b, a product with the small feature vector, so only
+    softplus(l) passes over the large (samples x data x D) logits: a third less memory
+    traffic than the plain form, which dominates large-K evaluation of a 784-pixel decoder.
+    """
+
+    arg_constraints: dict = {}
+    support = constraints.independent(constraints.boolean, 1)
+
+    def __init__(self, features: Tensor, weight: Tensor, bias: Tensor):
+        self.features, self.weight, self.bias = features, weight, bias
+        super().__init__(features.shape[:-1], weight.shape[:1], validate_args=False)
+
+    @property
+    def logits(self) -> Tensor:
+        return torch.nn.functional.linear(self.features, self.weight, self.bias)
+
+    @property
+    def mean(self) -> Tensor:
+        return torch.sigmoid(self.logits)
+
+    def sample(self, sample_shape: torch.Size = torch.Size()) -> Tensor:
+        with torch.no_grad():
+            return torch.bernoulli(self.mean.expand(torch.Size(sample_shape) + self.mean.shape))
+
+    def log_prob(self, value: Tensor) -> Tensor:
+        xl = (self.features * (value @ self.weight)).sum(-1) + (value * self.bias).sum(-1)
+        return xl - torch.nn.functional.softplus(self.logits).sum(-1)
+
+
+def bernoulli_decoder(net: nn.Sequential, z: Tensor) -> BernoulliLinear:
+    """p(x | z) for an MLP ``net`` whose last layer gives the Bernoulli logits."""
+    return BernoulliLinear(net[:-1](z), net[-1].weight, net[-1].bias)
+
+
 class LogWeights(NamedTuple):
     """Importance log-weights of K samples per data point, each term shaped (K, B).
 

@@ -21,7 +21,8 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Distribution, Independent, OneHotCategorical
 
-from lvmbench.models.base import BernoulliLogits, Chain, LatentVariableModel, mlp, set_output_bias
+from lvmbench.models.base import (BernoulliLinear, BernoulliLogits, Chain, LatentVariableModel, bernoulli_decoder,
+                                  mlp, set_output_bias)
 from lvmbench.noise import uniform_like
 
 MAX_ENUMERABLE_STATES = 4096
@@ -93,8 +94,8 @@ class SBN(EnumerableLatents):
         links = [lambda z, net=net: self._bern(net(z)) for net in list(self.decoder_nets)[1:][::-1]]
         return Chain(top, links, self.latent_sizes, reverse=True) if links else top
 
-    def likelihood(self, z: Tensor) -> Independent:
-        return self._bern(self.decoder_nets[0](z[..., : self.latent_sizes[0]]))
+    def likelihood(self, z: Tensor) -> BernoulliLinear:
+        return bernoulli_decoder(self.decoder_nets[0], z[..., : self.latent_sizes[0]])
 
     def encoder(self, x: Tensor) -> Distribution:
         first, *rest = self.encoder_net
@@ -151,8 +152,8 @@ class CatVAE(EnumerableLatents):
     def prior(self) -> Independent:
         return Independent(OneHotCategorical(logits=self.prior_logits), 1)
 
-    def likelihood(self, z: Tensor) -> Independent:
-        return Independent(BernoulliLogits(self.decoder_net(z.flatten(-2))), 1)
+    def likelihood(self, z: Tensor) -> BernoulliLinear:
+        return bernoulli_decoder(self.decoder_net, z.flatten(-2))
 
     def _logits(self, x: Tensor) -> Tensor:
         return self.encoder_net(x).unflatten(-1, self.shape)  # (B, N, C)

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Distribution, Independent, Normal
 
-from lvmbench.models.base import BernoulliLogits, Chain, LatentVariableModel, mlp, set_output_bias
+from lvmbench.models.base import Chain, LatentVariableModel, bernoulli_decoder, mlp, set_output_bias
 from lvmbench.models.flow import build_flow
 
 #: Burda et al.'s architectures, by number of stochastic layers: (hidden sizes per layer, latent sizes)
@@ -83,9 +83,9 @@ class VAE(LatentVariableModel):
             return top
         return Chain(top, list(self.decoder_latents)[::-1], self.latent_sizes, reverse=True)
 
-    def likelihood(self, z: Tensor) -> Independent:
+    def likelihood(self, z: Tensor) -> Distribution:
         z1 = z[..., : self.latent_sizes[0]]
-        return Independent(BernoulliLogits(self.decoder_out(z1)), 1)
+        return bernoulli_decoder(self.decoder_out, z1)
 
     def encoder(self, x: Tensor) -> Distribution:
         first, *links = self.encoder_net

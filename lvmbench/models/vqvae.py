@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 from torch.distributions import Categorical, Independent
 
-from lvmbench.models.base import BernoulliLogits, mlp, set_output_bias
+from lvmbench.models.base import bernoulli_decoder, mlp, set_output_bias
 from lvmbench.models.discrete import EnumerableLatents
 
 
@@ -63,7 +63,7 @@ class VQVAE(EnumerableLatents):
         return Independent(Categorical(logits=torch.zeros_like(self.code_logits)), 1)
 
     def decode(self, e: Tensor) -> Independent:
-        return Independent(BernoulliLogits(self.decoder_net(e.flatten(-2))), 1)
+        return bernoulli_decoder(self.decoder_net, e.flatten(-2))
 
     def likelihood(self, z: Tensor) -> Independent:
         return self.decode(self.codebook(z))

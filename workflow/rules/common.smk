@@ -11,7 +11,8 @@ settings, gradvar the gradient-variance settings, amortize the amortization sett
 Snakemake reruns a job when its params change, so editing a measurement's settings
 reruns that measurement and never training. Where a job runs (the device) and where
 it finds its data are not part of any of them: they reach the jobs as the environment
-variables LVMBENCH_DEVICE and LVMBENCH_DATA, and changing them reruns nothing.
+variables LVMBENCH_DEVICE, LVMBENCH_COMPILE and LVMBENCH_DATA, and changing them reruns
+nothing.
 """
 
 import json
@@ -81,7 +82,11 @@ BUNDLES = bundles(PLAN.cells, PLAN.workflow.bundle, FINISHED)
 # Where jobs run and find their data reach them through the environment, never through
 # params: every job (local or on a cluster node) parses this file again, so it sees them too.
 os.environ.update(
-    {"LVMBENCH_DEVICE": PLAN.workflow.device, **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {})}
+    {
+        "LVMBENCH_DEVICE": PLAN.workflow.device,
+        "LVMBENCH_COMPILE": str(PLAN.workflow.compile).lower(),
+        **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {}),
+    }
 )
 THREADS, GPUS = PLAN.workflow.threads, PLAN.workflow.gpu
 
