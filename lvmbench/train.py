@@ -34,7 +34,6 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, stack_module_state, vmap
-from tqdm.auto import tqdm
 
 from lvmbench import noise
 from lvmbench.data import Dataset, load_dataset
@@ -44,6 +43,7 @@ from lvmbench.estimators import Estimator, make_estimator
 from lvmbench.models import LatentVariableModel
 from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import Objective, make_objective
+from lvmbench.progress import Progress
 from lvmbench.rng import forked_rng, stream_seed
 from lvmbench.runs import RunDir, build
 from lvmbench.settings import Cell, TrainSettings
@@ -397,14 +397,13 @@ def _train_group(cells: list[Cell], runs: list[RunDir], states: list[dict | None
     snapshot()
     started = time.perf_counter() - elapsed
     label = first.id if E == 1 else f"{first.id.rsplit('/', 1)[0]}/seeds {','.join(str(c.seed) for c in cells)}"
-    bar = tqdm(total=steps, initial=step, desc=label, disable=not progress, unit="step", file=sys.stderr)
+    bar = Progress(steps, f"train {label}", initial=step, enabled=progress)
     while step < steps:
         lr = t.lr * lr_factor(t, n, step)
         bound = train_step(ens, batches(step), step, lr)
         window += bound
         n_window += 1
         step += 1
-        bar.update()
         if step % t.log_every == 0 or step == steps:
             means = (window / n_window).tolist()  # the host sync of a logging step
             alive = ens.alive.tolist()
@@ -414,9 +413,10 @@ def _train_group(cells: list[Cell], runs: list[RunDir], states: list[dict | None
                     rows[m].append([step, step / steps_per_epoch(n, t.batch_size), means[m], lr, now])
             window.zero_()
             n_window = 0
-            bar.set_postfix(bound=f"{sum(x for x, a in zip(means, alive) if a) / max(1, sum(alive)):.3f}")
+            bar.update(0, bound=sum(x for x, a in zip(means, alive) if a) / max(1, sum(alive)))
             if not any(alive):
                 break
+        bar.update()
         elapsed = time.perf_counter() - started
         if step % t.checkpoint_every == 0 and step < steps:  # the final one is written after the loop
             checkpoint()

@@ -35,7 +35,7 @@ for _index, _bundle in enumerate(BUNDLES):
         conda:
             ENV
         shell:
-            "lvmbench train --cell {params.spec:q} --out {output:q} --quiet > {log:q} 2>&1"
+            "lvmbench train --cell {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
 
 rule evaluate:
