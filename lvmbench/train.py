@@ -33,7 +33,7 @@ from lvmbench.estimators import Estimator, baseline_gradients, gradients, make_e
 from lvmbench.models import LatentVariableModel
 from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import Objective, make_objective
-from lvmbench.runs import RunDir, setup
+from lvmbench.runs import RunDir, holds_run, setup
 from lvmbench.settings import Cell, TrainSettings
 
 
@@ -127,6 +127,7 @@ def snapshot_steps(t: TrainSettings, n_train: int) -> list[int]:
     return sorted({round(total * i / (n - 1)) for i in range(n)} if n > 1 else {total})
 
 
+@holds_run("train", run="out")
 def train(cell: Cell, out: str | Path, progress: bool = True, device: torch.device | str | None = None,
           data_dir: str | None = None) -> dict:
     """Train ``cell`` into the run directory ``out``: cell.json, checkpoint.pt,
@@ -148,7 +149,7 @@ def train(cell: Cell, out: str | Path, progress: bool = True, device: torch.devi
     step, rows, window, elapsed = 0, [], [], 0.0  # window: bounds since the last train.csv row
     order = torch.empty(0, dtype=torch.long, device=device)  # the rest of this epoch's permutation
 
-    state = run.resume_state(cell)
+    state = run.resume_state(cell, model, estimator, snaps)
     if state is None:  # a fresh start: snapshots of an earlier configuration must not survive
         run.clear_snapshots()
     else:

@@ -15,7 +15,8 @@ import pytest
 import torch
 
 from lvmbench.cli import main
-from lvmbench.runs import load_trained
+from lvmbench.errors import LvmbenchError
+from lvmbench.runs import RunDir, load_trained
 from lvmbench.settings import Cell
 from lvmbench.train import NonFiniteError, train
 
@@ -128,8 +129,10 @@ def test_nan_mid_training_names_cell_and_step(tmp_path, monkeypatch, capsys):
     assert main(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(tmp_path / "run2")]) == 2
     err = capsys.readouterr().err
     assert "non-finite loss at step 13" in err and "Traceback" not in err
-    cell_loaded = load_trained(tmp_path / "run").cell
-    assert cell_loaded.id == "f/gmm2d/gmm/iwae/K4/score/seed3"
+    run = RunDir(tmp_path / "run")
+    assert run.read_cell().id == "f/gmm2d/gmm/iwae/K4/score/seed3" and run.load_state(run.checkpoint)["step"] == 10
+    with pytest.raises(LvmbenchError, match="training has not finished"):  # never measured half-trained
+        load_trained(tmp_path / "run")
 
 
 def test_nan_in_discrete_sampling_is_a_clear_error(tmp_path, capsys):
