@@ -54,6 +54,12 @@ def _device(text: str) -> str:
     return text
 
 
+def _data_dir(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the data directory must not be empty")
+    return text
+
+
 def _mapping(text: str, what: str) -> dict:
     value = parse_json(text, what)
     if not isinstance(value, dict):
@@ -216,7 +222,7 @@ def _add_environment(s: argparse.ArgumentParser, device: bool = True) -> None:
     if device:
         s.add_argument("--device", type=_device, help="cpu, cuda, cuda:N or auto (default: $LVMBENCH_DEVICE, else "
                                                       "auto: CUDA when present)")
-    s.add_argument("--data-dir", help="data directory (default: $LVMBENCH_DATA or ~/.cache/lvmbench)")
+    s.add_argument("--data-dir", type=_data_dir, help="data directory (default: $LVMBENCH_DATA or ~/.cache/lvmbench)")
 
 
 def _measurement(sub, name: str, help: str, description: str, out: str, func) -> argparse.ArgumentParser:

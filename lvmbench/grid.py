@@ -280,6 +280,19 @@ def check_settings(cell: Cell, settings: TrainSettings | EvalSettings | GradvarS
                                 f"the {MAX_ELEMENTS:,} one tensor may hold (D={D}); lower its sizes")
 
 
+def _check_sizes(options: Any, where: str) -> None:
+    """Every integer in a model's or an estimator's options (inside lists and mappings too)
+    is a size or a count (components, hidden units, latent sizes, flow layers...): >= 1."""
+    if isinstance(options, dict):
+        for key, value in options.items():
+            _check_sizes(value, f"{where}.{key}")
+    elif isinstance(options, (list, tuple)):
+        for i, value in enumerate(options):
+            _check_sizes(value, f"{where}[{i}]")
+    elif isinstance(options, int) and not isinstance(options, bool) and options < 1:
+        raise LvmbenchError(f"{where} must be an integer >= 1 (a size), got {options}")
+
+
 def _gaussian_encoder(model: LatentVariableModel, dim: int) -> str | None:
     """None when the encoder is a Gaussian per-datapoint inference can take over
     (Independent Normal or MultivariateNormal), else the name of its distribution."""
@@ -421,17 +434,21 @@ def plan(config: dict) -> Plan:
                 raise LvmbenchError(f"{where}.dataset_options.{d}: {err}") from None
         dims = {d: DATASETS[d].obj.dimension(dataset_options[d]) for d in axes["datasets"]}
         with forked_rng(_CPU), torch.device("meta"):  # declarations and sizes only: no memory, no draws
-            for d, (label, (name, opts)) in itertools.product(axes["datasets"], models.items()):
-                built[exp, d, label] = model = build_model(name, dims[d], **opts)
+            for d, (axis, (label, (name, opts))) in itertools.product(
+                    axes["datasets"], [*(("models", m) for m in models.items()),
+                                       *(("estimators", e) for e in estimators.items())]):
+                try:
+                    _check_sizes(opts, f"{where}.{axis}.{label}")
+                    if axis == "estimators":
+                        make_estimator(name, dims[d], **opts)
+                        continue
+                    built[exp, d, label] = model = build_model(name, dims[d], **opts)
+                except LvmbenchError as err:
+                    raise LvmbenchError(f"{where}.{axis}.{label}: {err}") from None
                 n_params = sum(p.numel() for p in model.parameters())
                 if n_params > MAX_ELEMENTS:
                     raise LvmbenchError(f"{where}.models.{label}: {n_params:,} parameters on {d}, more than the "
                                         f"{MAX_ELEMENTS:,} one job may hold; make it smaller")
-            for d, (label, (name, opts)) in itertools.product(axes["datasets"], estimators.items()):
-                try:
-                    make_estimator(name, dims[d], **opts)
-                except LvmbenchError as err:
-                    raise LvmbenchError(f"{where}.estimators.{label}: {err}") from None
         for k in axes["K"]:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise LvmbenchError(f"{where}.K: every K must be an integer >= 1, got {k!r}")
@@ -458,11 +475,10 @@ def plan(config: dict) -> Plan:
                     **row, "model_name": m_name, "objective_name": o_name, "estimator_name": e_name,
                     "estimator_options": e_opts, "dataset_options": dataset_options[dataset],
                     "model_options": m_opts, "objective_options": o_opts, "train": train})
-                for block, settings in (("train", cell.train), ("eval", measured.eval),
-                                        ("gradvar", measured.gradvar)):
-                    check_settings(cell, settings, block)
             except LvmbenchError as err:
                 raise LvmbenchError(f"{where}: {err}") from None
+            for block, settings in (("train", cell.train), ("eval", measured.eval), ("gradvar", measured.gradvar)):
+                check_settings(cell, settings, f"{where}.{block}")
             cells.append(cell)
             measurements[cell.id] = measured
         if len(cells) == n_before:
