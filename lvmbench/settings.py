@@ -32,8 +32,9 @@ from typing import Any, get_type_hints
 from lvmbench.errors import LvmbenchError
 
 #: names that become path components (experiments; dataset, model, objective and estimator
-#: labels): they start with a letter or digit, so none is "." or ".." or hidden
-LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.+-]*$"
+#: labels): they start with a letter or digit, so none is "." or ".." or hidden, and hold at
+#: most 128 characters, well within a file name's 255 bytes
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
 #: the devices a job may name: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N
 DEVICE = r"^(auto|cpu|cuda|cuda:[0-9]+)$"
 #: the largest seed: torch's generators take signed 64-bit seeds
