@@ -39,7 +39,6 @@ import functools
 import inspect
 import os
 import re
-import shlex
 import signal
 import socket
 import sys
@@ -261,10 +260,11 @@ class RunDir:
                     held.append(self._holder(lock))
         return held
 
-    def _flock(self, lock: Path, mode: int, stake: bool) -> IO | None:
-        """``lock`` opened and flocked in ``mode`` without waiting, its holder written in it
-        when ``stake``; None when the directory cannot take a lock file (read-only: no one
-        can write in it either). Refused with one line naming the holder when taken."""
+    def _flock(self, lock: Path, mode: int, stake: str | None) -> IO | None:
+        """``lock`` opened and flocked in ``mode`` without waiting, with the holder of a
+        ``stake`` (a command) written in it; None when the directory cannot take a lock
+        file (read-only: no one can write in it either). Refused with one line naming the
+        holder when taken."""
         try:
             handle = open(lock, "a+")
         except OSError as err:
@@ -287,7 +287,7 @@ class RunDir:
                                 f"finish or stop it") from None
         if stake:
             handle.truncate(0)
-            handle.write(_whoami() + "\n")
+            handle.write(_whoami(stake, self.path) + "\n")
             handle.flush()
         return handle
 
@@ -307,12 +307,12 @@ class RunDir:
                     self.path.mkdir(parents=True, exist_ok=True)
                 except OSError as err:
                     raise (output_error(self.path, err) or err) from None
-                handles.append(self._flock(self.path / ".lock", fcntl.LOCK_EX, stake=True))
+                handles.append(self._flock(self.path / ".lock", fcntl.LOCK_EX, stake=command))
                 for stale in temporaries(self.path) + temporaries(self.snapshot_dir):
                     stale.unlink(missing_ok=True)
             elif self.path.is_dir():
-                handles.append(self._flock(self.path / ".lock", fcntl.LOCK_SH, stake=False))
-                handles.append(self._flock(self.path / f".{command}.lock", fcntl.LOCK_EX, stake=True))
+                handles.append(self._flock(self.path / ".lock", fcntl.LOCK_SH, stake=None))
+                handles.append(self._flock(self.path / f".{command}.lock", fcntl.LOCK_EX, stake=command))
             _HELD.add(key)
             yield
         finally:
@@ -325,11 +325,10 @@ class RunDir:
 _HELD: set[tuple[str, str]] = set()  # (run directory, command) held by this process
 
 
-def _whoami() -> str:
-    command = shlex.join(sys.argv)
-    command = command if len(command) <= 200 else command[:200] + " ..."
-    return (f"pid {os.getpid()} on {socket.gethostname()} ({command}), since "
-            f"{datetime.datetime.now().isoformat(timespec='seconds')}")
+def _whoami(command: str, path: Path) -> str:
+    """The holder of a lock, as a second writer is told: pid, host, command and since when."""
+    return (f"pid {os.getpid()} on {socket.gethostname()} (lvmbench {command} {path}, since "
+            f"{datetime.datetime.now().isoformat(timespec='seconds')})")
 
 
 def _misfit(stored: Any, module: torch.nn.Module, what: str) -> str | None:
