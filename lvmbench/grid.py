@@ -55,6 +55,7 @@ from lvmbench.settings import (
     WorkflowSettings,
     build_settings,
     check_finite,
+    leaves,
 )
 
 SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
@@ -280,17 +281,12 @@ def check_settings(cell: Cell, settings: TrainSettings | EvalSettings | GradvarS
                                 f"the {MAX_ELEMENTS:,} one tensor may hold (D={D}); lower its sizes")
 
 
-def _check_sizes(options: Any, where: str) -> None:
+def _check_sizes(options: dict, where: str) -> None:
     """Every integer in a model's or an estimator's options (inside lists and mappings too)
     is a size or a count (components, hidden units, latent sizes, flow layers...): >= 1."""
-    if isinstance(options, dict):
-        for key, value in options.items():
-            _check_sizes(value, f"{where}.{key}")
-    elif isinstance(options, (list, tuple)):
-        for i, value in enumerate(options):
-            _check_sizes(value, f"{where}[{i}]")
-    elif isinstance(options, int) and not isinstance(options, bool) and options < 1:
-        raise LvmbenchError(f"{where} must be an integer >= 1 (a size), got {options}")
+    for at, leaf in leaves(options, where):
+        if isinstance(leaf, int) and not isinstance(leaf, bool) and leaf < 1:
+            raise LvmbenchError(f"{at} must be an integer >= 1 (a size), got {leaf}")
 
 
 def _gaussian_encoder(model: LatentVariableModel, dim: int) -> str | None:

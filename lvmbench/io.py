@@ -17,8 +17,9 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import pandas as pd
 import torch
@@ -47,27 +48,35 @@ def output_error(path: str | os.PathLike, err: OSError) -> OutputError | None:
     return OutputError(f"cannot write {path}: {cause} ({err.strerror}); nothing was replaced")
 
 
+@contextmanager
+def _writing(path: Path) -> Iterator[None]:
+    """Turn an ``OSError`` met while writing ``path`` into :class:`OutputError`."""
+    try:
+        yield
+    except OSError as err:
+        mapped = output_error(path, err)
+        if mapped is None:
+            raise
+        raise mapped from None
+
+
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     """Call ``write(tmp_path)`` and move the result to ``path`` atomically; a failure to
     write (disk full, read-only, permissions) raises :class:`OutputError` and leaves
     neither a temporary file nor a changed ``path``."""
     path = Path(path)
     tmp = None
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(fd)
-        write(Path(tmp))
-        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
-        os.replace(tmp, path)
-    except OSError as err:
-        mapped = output_error(path, err)
-        if mapped is None:
-            raise
-        raise mapped from None
-    finally:
-        if tmp is not None and os.path.exists(tmp):
-            os.unlink(tmp)
+    with _writing(path):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+            os.close(fd)
+            write(Path(tmp))
+            os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600; give the usual permissions
+            os.replace(tmp, path)
+        finally:
+            if tmp is not None and os.path.exists(tmp):
+                os.unlink(tmp)
     return path
 
 
@@ -131,25 +140,21 @@ def replace_dir(out: str | os.PathLike, write: Callable[[Path], Any]) -> Path:
     renameat2 (Linux), else two renames a moment apart. Temporary directories left by a
     killed call are removed first."""
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.*.tmp"):
-        shutil.rmtree(stale, ignore_errors=True)
-    tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
-    try:
-        write(tmp)
-        os.chmod(tmp, 0o777 & ~_UMASK)
-        if not (out.is_dir() and _exchange(tmp, out)):
-            if out.is_dir():
-                os.replace(out, tmp.with_name(tmp.name + ".old.tmp"))
-            os.replace(tmp, out)
-    except OutputError as err:  # a file inside: name it by its final place
-        raise OutputError(str(err).replace(str(tmp), str(out))) from None
-    except OSError as err:
-        mapped = output_error(out, err)
-        if mapped is None:
-            raise
-        raise mapped from None
-    finally:
-        for leftover in (tmp, tmp.with_name(tmp.name + ".old.tmp")):
-            shutil.rmtree(leftover, ignore_errors=True)
+    with _writing(out):
+        out.parent.mkdir(parents=True, exist_ok=True)
+        for stale in out.parent.glob(f".{out.name}.*.tmp"):
+            shutil.rmtree(stale, ignore_errors=True)
+        tmp = Path(tempfile.mkdtemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp"))
+        try:
+            write(tmp)
+            os.chmod(tmp, 0o777 & ~_UMASK)
+            if not (out.is_dir() and _exchange(tmp, out)):
+                if out.is_dir():
+                    os.replace(out, tmp.with_name(tmp.name + ".old.tmp"))
+                os.replace(tmp, out)
+        except OutputError as err:  # a file inside: name it by its final place
+            raise OutputError(str(err).replace(str(tmp), str(out))) from None
+        finally:
+            for leftover in (tmp, tmp.with_name(tmp.name + ".old.tmp")):
+                shutil.rmtree(leftover, ignore_errors=True)
     return out

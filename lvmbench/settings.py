@@ -27,7 +27,7 @@ import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Any, Iterator, get_type_hints
 
 from lvmbench.errors import LvmbenchError
 
@@ -79,18 +79,26 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
     return value
 
 
+def leaves(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf of a nested structure of mappings and lists, with its path
+    (``where.key[0]``), for checks that hold everywhere in a config or a spec."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from leaves(item, f"{where}[{i}]")
+    else:
+        yield where, value
+
+
 def check_finite(value: Any, where: str) -> None:
     """Refuse NaN and infinities anywhere in a nested structure of mappings and lists (YAML
     writes them ``.nan`` and ``.inf``, JSON ``NaN`` and ``Infinity``): no number of a config
     or a spec means anything when it is not finite."""
-    if isinstance(value, float) and not math.isfinite(value):
-        raise LvmbenchError(f"{where}: expected a finite number, got {value!r}")
-    if isinstance(value, dict):
-        for key, item in value.items():
-            check_finite(item, f"{where}.{key}")
-    elif isinstance(value, (list, tuple)):
-        for i, item in enumerate(value):
-            check_finite(item, f"{where}[{i}]")
+    for at, leaf in leaves(value, where):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            raise LvmbenchError(f"{at}: expected a finite number, got {leaf!r}")
 
 
 def _check_range(value: Any, meta: dict, where: str) -> None:
