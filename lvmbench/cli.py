@@ -390,6 +390,10 @@ def main(argv: list[str] | None = None) -> int:
     except LvmbenchError as err:
         print(f"lvmbench {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lvmbench {args.command}: interrupted (files are written atomically, and an interrupted training "
+              f"resumes from its last checkpoint)", file=sys.stderr)
+        return 130
     except Exception as err:  # noqa: BLE001 (the one place that turns any failure into one line)
         line = _environment_error(err)
         if line is not None:

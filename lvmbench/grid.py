@@ -238,7 +238,9 @@ def check_settings(cell: Cell, settings: TrainSettings | EvalSettings | GradvarS
     :data:`MAX_ELEMENTS` elements, an estimator gradvar does not know, an amortization K or
     K_eval its objective cannot use. ``lvmbench plan`` and the measurement commands call it
     before any work starts; ``where`` names the block in messages."""
-    n_train, n_test, D = DATASETS[cell.dataset].obj.shape(cell.dataset_options)
+    spec = DATASETS[cell.dataset].obj
+    spec.check_options(cell.dataset, cell.dataset_options)
+    n_train, n_test, D = spec.shape(cell.dataset_options)
     K = cell.K
     takes, tensors = [], []  # (setting, value, available, of what); (what, elements)
     if isinstance(settings, TrainSettings):

@@ -379,6 +379,8 @@ CLI_CORPUS: dict[str, tuple[list[str], list[str]]] = {
                                    ["cell.experiment", "'..'"]),
     "train --cell options a list": (["train", "--cell", _cell(model_options=[1]), "--out", "TMP/r"],
                                     ["model_options", "mapping"]),
+    "train --cell dataset option of the wrong type": (
+        ["train", "--cell", _cell(dataset_options={"n_train": "x"}), "--out", "TMP/r"], ["n_train", "'x'"]),
     "train --cell NaN option": (["train", "--cell", _cell(model_options={"q_scale": math.nan}), "--out", "TMP/r"],
                                 ["q_scale", "finite"]),
     "train --cell batch above the training set": (
@@ -452,6 +454,18 @@ def test_an_internal_error_is_one_line_naming_its_log(monkeypatch, tmp_path, cap
     assert "internal error (ZeroDivisionError" in err
     log = next((tmp_path / "lvmbench" / "errors").glob("*-list-*.log"))
     assert str(log) in err and "Traceback" in log.read_text() and "ZeroDivisionError" in log.read_text()
+
+
+def test_ctrl_c_is_one_line(monkeypatch, capsys):
+    import lvmbench.cli as cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "cmd_list", interrupted)
+    assert main(["list"]) == 130
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "interrupted" in err and "Traceback" not in err
 
 
 # ---------------------------------------------------------------------------------------
