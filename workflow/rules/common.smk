@@ -49,8 +49,6 @@ for warning in PLAN.warnings:
 _resolved = resolve_variant(config)
 config.clear()
 config.update(_resolved)
-# a job watches this process and stops when it is gone (lvmbench.runs.watch_parent)
-os.environ["LVMBENCH_PARENT_PID"] = str(os.getpid())
 CELLS = {cell.id: cell for cell in PLAN.cells}  # cell id -> lvmbench.settings.Cell (the training spec)
 AMORTIZED = [cell.id for cell in PLAN.amortized()]
 
@@ -59,8 +57,11 @@ RUN = f"{RESULTS}/runs/{{cell}}"  # one directory per cell: <experiment>/<datase
 DATASETS = sorted({cell.dataset for cell in CELLS.values()})
 # Where jobs run and find their data reach them through the environment, never through
 # params: every job (local or on a cluster node) parses this file again, so it sees them too.
+# LVMBENCH_PARENT_PID is the Snakemake process running the jobs (on a cluster node, the one
+# there): a job watches it and stops when it is gone (lvmbench.runs.watch_parent).
 os.environ.update(
-    {"LVMBENCH_DEVICE": PLAN.workflow.device, **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {})}
+    {"LVMBENCH_DEVICE": PLAN.workflow.device, "LVMBENCH_PARENT_PID": str(os.getpid()),
+     **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {})}
 )
 THREADS, GPUS = PLAN.workflow.threads, PLAN.workflow.gpu
 
@@ -72,8 +73,10 @@ wildcard_constraints:
 
 def plan_config(wildcards):
     """The config as JSON text for lvmbench plan, without the keys that only say where jobs
-    run and write (so that changing them reruns nothing)."""
-    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS}, sort_keys=True)
+    run and write (so that changing them reruns nothing) and without the published numbers,
+    which the plan does not need: PLAN checked them above against the config as given, whose
+    experiments a variant may drop (their numbers then read "not run")."""
+    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS | {"published"}}, sort_keys=True)
 
 
 def train_spec(wildcards):
