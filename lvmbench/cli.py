@@ -37,8 +37,7 @@ from pathlib import Path
 
 from lvmbench.configfile import parse_json, read_config, read_config_or_json, read_text
 from lvmbench.errors import LvmbenchError
-from lvmbench.io import check_output, output_error
-from lvmbench.settings import DEVICE
+from lvmbench.settings import DEVICE, check_finite
 
 
 def _ints(text: str) -> list[int]:
@@ -101,10 +100,8 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from lvmbench.data import load_dataset
-    from lvmbench.io import save_json
-
     from lvmbench.data.remote import rechecked
-    from lvmbench.settings import check_finite
+    from lvmbench.io import check_output, save_json
 
     options = _mapping(args.options, "--options (the dataset options)") if args.options else {}
     check_finite(options, "--options")
@@ -123,7 +120,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from lvmbench.grid import plan
-    from lvmbench.io import save_csv
+    from lvmbench.io import check_output, save_csv
 
     if args.skipped:
         check_output(args.skipped, "--skipped")
@@ -140,6 +137,7 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 def cmd_train(args: argparse.Namespace) -> None:
     from lvmbench.grid import check_settings
+    from lvmbench.io import check_output
     from lvmbench.settings import Cell
     from lvmbench.train import train
 
@@ -153,6 +151,7 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.measure.evaluation import evaluate_run
     from lvmbench.settings import EvalSettings
 
@@ -167,6 +166,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_gradvar(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.measure.gradvar import gradvar_run
     from lvmbench.settings import GradvarSettings
 
@@ -178,6 +178,7 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
 
 
 def cmd_amortize(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.measure.amortization import amortize_run
     from lvmbench.settings import AmortizeSettings
 
@@ -194,10 +195,9 @@ def cmd_amortize(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.report.aggregate import aggregate
     from lvmbench.report.paper import check_published
-
-    from lvmbench.settings import check_finite
 
     published = None
     if args.published:
@@ -211,6 +211,7 @@ def cmd_aggregate(args: argparse.Namespace) -> None:
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.report.plots import plot_all
 
     check_output(args.out, "--out", directory=True)
@@ -370,6 +371,8 @@ def _environment_error(err: BaseException) -> str | None:
     """One line for the failures a job meets from its environment rather than from a bug:
     a full disk or a file it cannot reach (OSError), or memory running out; else None."""
     import torch
+
+    from lvmbench.io import output_error
 
     if isinstance(err, OSError) and err.errno is not None:
         if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only ever met writing
