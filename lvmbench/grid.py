@@ -481,7 +481,8 @@ def plan(config: dict) -> Plan:
             measurements[cell.id] = measured
         if len(cells) == n_before:
             reasons = [r["reason"] for r in skipped if r["experiment"] == exp]
-            raise LvmbenchError(f"{where}: no combination of its axes can run, e.g. {reasons[-1]}")
+            raise LvmbenchError(f"{where}: no combination of its axes can run"
+                                + (f", e.g. {reasons[-1]}" if reasons else " (an axis is empty)"))
         above = sorted({c.K for c in cells[n_before:] if c.K > measured.eval.K_eval})
         if above:
             warnings.append(f"{where}: eval.K_eval={measured.eval.K_eval} is below the training K of its cells "

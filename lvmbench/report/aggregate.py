@@ -31,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lvmbench.errors import LvmbenchError
-from lvmbench.io import replace_dir, save_csv
+from lvmbench.io import atomic_write, replace_dir, save_csv
 from lvmbench.report.paper import describe_schedule, published_table
 from lvmbench.runs import RunDir
 
@@ -224,7 +224,7 @@ def _write_all(files: dict[str, pd.DataFrame | str], directory: Path) -> None:
         if isinstance(content, pd.DataFrame):
             save_csv(content, directory / name)
         else:
-            (directory / name).write_text(content)
+            atomic_write(directory / name, lambda p, text=content: p.write_text(text))
 
 
 def _fmt(df: pd.DataFrame, digits: str = ".3g") -> pd.DataFrame:
