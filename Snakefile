@@ -3,9 +3,26 @@
 # config/README.md. This is the workflow's only Snakefile: `snakemake --cores all` from
 # the repository root runs the default target, `all`.
 
+import os
+import sys
+
 from snakemake.utils import min_version
 
+from lvmbench.configfile import read_config
+from lvmbench.errors import LvmbenchError
+
 min_version("8.0")
+
+# Snakemake's reader keeps the last of two equal keys and ends in a traceback on bytes that
+# are not UTF-8: lvmbench reads every config file first and refuses both with one line
+# (files given with --configfile were read by Snakemake already; their repeated keys are
+# caught here all the same).
+for _path in ["config/config.yaml", *workflow.overwrite_configfiles]:
+    if os.path.exists(_path):
+        try:
+            read_config(_path)
+        except LvmbenchError as err:
+            sys.exit(f"lvmbench config error: {err}")
 
 
 configfile: "config/config.yaml"

@@ -11,21 +11,33 @@
     lvmbench plot TABLES --runs RUNS... --out DIR   seaborn figures (PNG and PDF)
 
 A run is trained from its training spec alone; each measurement takes its own settings
-(``--settings`` JSON, then single options on top; defaults from lvmbench.settings). User
-errors print one line on stderr and exit with status 2, without a traceback. The
-commands import the package lazily, so ``lvmbench --help`` answers at once.
+(``--settings`` JSON, then single options on top; defaults from lvmbench.settings). Every
+input is checked before any work starts: the settings and the sizes they take from the
+data (lvmbench.grid.check_settings, as for a config), and each output path (an ``--out``
+that names a directory where a file is wanted, or the reverse, is refused at once).
+
+A user error, a full disk or an unreadable file prints one line on stderr and exits with
+status 2, without a traceback; an unexpected internal error prints one line naming a log
+file that holds the traceback, and exits with status 1. The commands import the package
+lazily, so ``lvmbench --help`` answers at once.
 """
 
 from __future__ import annotations
 
 import argparse
+import datetime
+import errno
 import json
+import os
+import re
 import sys
+import tempfile
+import traceback
 from pathlib import Path
 
-import yaml
-
+from lvmbench.configfile import parse_json, read_config, read_config_or_json, read_text
 from lvmbench.errors import LvmbenchError
+from lvmbench.settings import DEVICE, check_finite
 
 
 def _ints(text: str) -> list[int]:
@@ -35,37 +47,36 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
 
 
-def _json(text: str, what: str):
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        raise LvmbenchError(f"{what} is not JSON text: {err}") from None
+def _device(text: str) -> str:
+    if not re.fullmatch(DEVICE, text):
+        raise argparse.ArgumentTypeError(f"expected auto, cpu, cuda or cuda:N, got {text!r}")
+    return text
 
 
-def _read_config(path: str) -> dict:
-    """A YAML/JSON config file, or JSON text (JSON is YAML too)."""
-    if path.lstrip().startswith("{"):
-        return _json(path, "the config")
-    p = Path(path)
-    if not p.exists():
-        raise LvmbenchError(f"config file {p} does not exist")
-    try:
-        data = yaml.safe_load(p.read_text())
-    except yaml.YAMLError as err:
-        raise LvmbenchError(f"config file {p} is not valid YAML: {str(err).splitlines()[0]}") from None
-    if not isinstance(data, dict):
-        raise LvmbenchError(f"config file {p} is empty or not a mapping")
-    return data
+def _data_dir(text: str) -> str:
+    if not text.strip():
+        raise argparse.ArgumentTypeError("the data directory must not be empty")
+    return text
+
+
+def _mapping(text: str, what: str) -> dict:
+    value = parse_json(text, what)
+    if not isinstance(value, dict):
+        raise LvmbenchError(f"{what} must be a JSON mapping, got {value!r}")
+    return value
 
 
 def _settings(cls, args: argparse.Namespace, overrides: dict, where: str):
-    """A measurement's settings: ``--settings`` JSON, then the single options given on top."""
+    """A measurement's settings: ``--settings`` JSON, then the single options given on top,
+    checked against the run's cell (sizes it takes from the data, tensor sizes)."""
+    from lvmbench.grid import check_settings
+    from lvmbench.runs import RunDir
     from lvmbench.settings import build_settings
 
-    base = _json(args.settings, "--settings") if args.settings else {}
-    if not isinstance(base, dict):
-        raise LvmbenchError(f"--settings must be a JSON mapping of {where} settings, got {base!r}")
-    return build_settings(cls, {**base, **{k: v for k, v in overrides.items() if v is not None}}, where)
+    base = _mapping(args.settings, f"--settings (the {where} settings)") if args.settings else {}
+    settings = build_settings(cls, {**base, **{k: v for k, v in overrides.items() if v is not None}}, where)
+    check_settings(RunDir(args.run).read_cell(), settings, where)
+    return settings
 
 
 def cmd_list(args: argparse.Namespace) -> None:
@@ -89,12 +100,15 @@ def cmd_list(args: argparse.Namespace) -> None:
 
 def cmd_prepare(args: argparse.Namespace) -> None:
     from lvmbench.data import load_dataset
-    from lvmbench.io import save_json
+    from lvmbench.data.remote import rechecked
+    from lvmbench.io import check_output, save_json
 
-    options = _json(args.options, "--options") if args.options else {}
-    if not isinstance(options, dict):
-        raise LvmbenchError(f"--options must be a JSON mapping of dataset options, got {options!r}")
-    data = load_dataset(args.dataset, args.data_dir, **options)
+    options = _mapping(args.options, "--options (the dataset options)") if args.options else {}
+    check_finite(options, "--options")
+    if args.out:
+        check_output(args.out, "--out")
+    with rechecked():  # the content itself, not the size and mtime of the verification cache
+        data = load_dataset(args.dataset, args.data_dir, **options)
     info = {"dataset": data.name, "n_train": int(data.train.shape[0]), "n_test": int(data.test.shape[0]),
             "dim": data.dim, "kind": data.kind, "binarize": data.binarize}
     if args.out:
@@ -106,9 +120,13 @@ def cmd_plan(args: argparse.Namespace) -> None:
     import pandas as pd
 
     from lvmbench.grid import plan
-    from lvmbench.io import save_csv
+    from lvmbench.io import check_output, save_csv
 
-    planned = plan(_read_config(args.config))
+    if args.skipped:
+        check_output(args.skipped, "--skipped")
+    planned = plan(read_config_or_json(args.config))
+    for warning in planned.warnings:
+        print(f"lvmbench plan: warning: {warning}", file=sys.stderr)
     if args.skipped:
         save_csv(pd.DataFrame(planned.skipped, columns=["experiment", "dataset", "model", "objective", "K",
                                                         "estimator", "seed", "reason"]), args.skipped)
@@ -118,17 +136,19 @@ def cmd_plan(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> None:
+    from lvmbench.grid import check_settings
+    from lvmbench.io import check_output
     from lvmbench.runs import RunDir
     from lvmbench.settings import Cell
     from lvmbench.train import train_bundle
 
-    path = Path(args.cell)
-    text = path.read_text() if not args.cell.lstrip().startswith(("{", "[")) and path.is_file() else args.cell
-    spec = _json(text, "--cell (neither a JSON file nor JSON text)")
+    is_text = args.cell.lstrip().startswith(("{", "["))
+    text = args.cell if is_text or not Path(args.cell).exists() else read_text(args.cell, "--cell file")
+    spec = parse_json(text, "--cell (neither a JSON file nor JSON text)")
     if not isinstance(spec, dict):
         raise LvmbenchError(f"--cell must be a JSON mapping (a training spec), got {type(spec).__name__}")
     outs = [Path(o).parent if Path(o).name == "train.json" else Path(o) for o in args.out]
-    if len(outs) == 1 and "seed" in spec:
+    if len(outs) == 1 and ("seed" in spec or RunDir(outs[0]).path_id() is None):
         cells = [Cell.from_dict(spec)]
     else:  # a bundle: each run directory spells its cell, whose seed it gives
         ids = [RunDir(o).path_id() for o in outs]
@@ -136,6 +156,9 @@ def cmd_train(args: argparse.Namespace) -> None:
             raise LvmbenchError(f"{outs[ids.index(None)]}: the run directories of a bundle must be laid out as "
                                 "runs/<experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>")
         cells = [Cell.from_dict({**spec, "seed": int(i.rsplit("/seed", 1)[1])}) for i in ids]
+    for cell, out in zip(cells, outs):
+        check_settings(cell, cell.train, "train")
+        check_output(out, "--out", directory=True)
     compile = {"true": True, "false": False}.get(args.compile, args.compile)
     for summary in train_bundle(cells, outs, progress=not args.quiet, device=args.device, data_dir=args.data_dir,
                                 compile=compile):
@@ -143,11 +166,14 @@ def cmd_train(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.measure.evaluation import evaluate_run
     from lvmbench.settings import EvalSettings
 
     s = _settings(EvalSettings, args, {"K_eval": args.K_eval, "k_grid": args.k_grid, "n_test": args.n_test,
                                        "batch_size": args.batch_size}, "eval")
+    if args.out:
+        check_output(args.out, "--out")
     result = evaluate_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out,
                           progress=not args.quiet)
     if "status" in result:
@@ -158,20 +184,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
 
 def cmd_gradvar(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.measure.gradvar import gradvar_run
     from lvmbench.settings import GradvarSettings
 
     s = _settings(GradvarSettings, args, {"draws": args.draws, "batch_size": args.batch_size,
                                           "estimators": args.estimators}, "gradvar")
+    if args.out:
+        check_output(args.out, "--out")
     gradvar_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out, progress=not args.quiet)
 
 
 def cmd_amortize(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.measure.amortization import amortize_run
     from lvmbench.settings import AmortizeSettings
 
     s = _settings(AmortizeSettings, args, {k: getattr(args, k) for k in (
         "n_test", "steps", "lr", "K", "K_eval", "objective", "check_every", "seed")}, "amortization")
+    if args.out:
+        for path in (Path(args.out), Path(args.out).with_suffix(".csv")):
+            check_output(path, "--out")
     summary = amortize_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out,
                            progress=not args.quiet)
     if "status" in summary:
@@ -183,30 +216,35 @@ def cmd_amortize(args: argparse.Namespace) -> None:
 
 
 def cmd_aggregate(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.report.aggregate import aggregate
     from lvmbench.report.paper import check_published
 
     published = None
     if args.published:
-        published = _json(args.published, "--published") if args.published.lstrip().startswith("[") \
-            else _read_config(args.published)
+        published = parse_json(args.published, "--published") if args.published.lstrip().startswith("[") \
+            else read_config(args.published)
         published = published.get("published", []) if isinstance(published, dict) else published
+        check_finite(published, "--published")
         check_published(published)
+    check_output(args.out, "--out", directory=True)
     aggregate(args.runs, args.out, skipped=args.skipped, published=published)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
+    from lvmbench.io import check_output
     from lvmbench.report.plots import plot_all
 
+    check_output(args.out, "--out", directory=True)
     plot_all(args.tables, args.runs, args.out, data_dir=args.data_dir)
 
 
 def _add_environment(s: argparse.ArgumentParser, device: bool = True) -> None:
     """Where a job runs and finds its data: not part of any spec or settings."""
     if device:
-        s.add_argument("--device", help="cpu, cuda, cuda:N or auto (default: $LVMBENCH_DEVICE, else auto: CUDA "
-                                        "when present)")
-    s.add_argument("--data-dir", help="data directory (default: $LVMBENCH_DATA or ~/.cache/lvmbench)")
+        s.add_argument("--device", type=_device, help="cpu, cuda, cuda:N or auto (default: $LVMBENCH_DEVICE, else "
+                                                      "auto: CUDA when present)")
+    s.add_argument("--data-dir", type=_data_dir, help="data directory (default: $LVMBENCH_DATA or ~/.cache/lvmbench)")
 
 
 def _measurement(sub, name: str, help: str, description: str, out: str, func) -> argparse.ArgumentParser:
@@ -223,8 +261,15 @@ def _measurement(sub, name: str, help: str, description: str, out: str, func) ->
     return s
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with a usage error on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="lvmbench", description=__doc__.split("\n\n")[0],
+    p = _Parser(prog="lvmbench", description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="Run 'lvmbench COMMAND --help' for each command's options.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -330,13 +375,64 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _crash_log(command: str, err: BaseException) -> str:
+    """Write ``err``'s traceback to a new log file and return where it is (or why not)."""
+    stamp = datetime.datetime.now().strftime("%Y%m%d-%H%M%S")
+    name = f"{stamp}-{command}-{os.getpid()}.log"
+    text = f"lvmbench {command} (argv {sys.argv})\n" + "".join(traceback.format_exception(err))
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    for directory in (cache / "lvmbench" / "errors", Path(tempfile.gettempdir())):
+        try:
+            directory.mkdir(parents=True, exist_ok=True)
+            (directory / name).write_text(text)
+            return f"the traceback is in {directory / name}"
+        except OSError:
+            continue
+    return "the traceback could not be written anywhere"
+
+
+def _environment_error(err: BaseException) -> str | None:
+    """One line for the failures a job meets from its environment rather than from a bug:
+    a full disk or a file it cannot reach (OSError), or memory running out; else None."""
+    import torch
+
+    from lvmbench.io import output_error
+
+    if isinstance(err, OSError) and err.errno is not None:
+        if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):  # only ever met writing
+            return str(output_error(err.filename or "a file", err))
+        return _one_line(f"{err.filename}: {err.strerror}" if err.filename else err.strerror or str(err))
+    if isinstance(err, (MemoryError, torch.OutOfMemoryError)) or (
+            isinstance(err, RuntimeError) and "can't allocate memory" in str(err)):
+        return (f"out of memory ({_one_line(str(err))[:200] or type(err).__name__}); lower K, the batch sizes or "
+                f"max_samples, or use a device with more memory")
+    return None
+
+
 def main(argv: list[str] | None = None) -> int:
+    """Run one command; every failure ends in one line on stderr (module docstring)."""
     args = parser().parse_args(argv)
     try:
         args.func(args)
     except LvmbenchError as err:
-        print(f"lvmbench {args.command}: error: {err}", file=sys.stderr)
+        print(f"lvmbench {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"lvmbench {args.command}: interrupted (files are written atomically, and an interrupted training "
+              f"resumes from its last checkpoint)", file=sys.stderr)
+        return 130
+    except Exception as err:  # noqa: BLE001 (the one place that turns any failure into one line)
+        line = _environment_error(err)
+        if line is not None:
+            print(f"lvmbench {args.command}: error: {line}", file=sys.stderr)
+            return 2
+        print(f"lvmbench {args.command}: internal error ({type(err).__name__}: {_one_line(str(err))[:200]}); "
+              f"{_crash_log(args.command, err)}; please report it", file=sys.stderr)
+        return 1
     return 0
 
 

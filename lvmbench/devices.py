@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fcntl
 import os
+import re
 import sys
 import tempfile
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import torch
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.settings import DEVICE
 
 _GPU_LOCKS: list = []  # slot locks held for the life of the process
 
@@ -40,22 +42,28 @@ def pick_device(name: str | None = None) -> torch.device:
     """The named device; None means ``$LVMBENCH_DEVICE``, else ``auto``. ``auto``: CUDA when
     present, else CPU. With several visible GPUs, ``auto`` claims a free slot on one of them
     (:func:`claim_gpu`, ``$LVMBENCH_JOBS_PER_GPU`` slots per GPU, default 1), so the jobs of
-    one workstation spread over its GPUs."""
+    one workstation spread over its GPUs. A name that is not a device, or a GPU that is not
+    there, is refused with one line."""
     name = name or os.environ.get("LVMBENCH_DEVICE") or "auto"
+    if not re.fullmatch(DEVICE, name):
+        raise LvmbenchError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}")
     if name == "auto":
         if not torch.cuda.is_available():
             return torch.device("cpu")
         n = torch.cuda.device_count()
         if n == 1:
             return torch.device("cuda")
-        jobs = int(os.environ.get("LVMBENCH_JOBS_PER_GPU", "1"))
+        jobs = os.environ.get("LVMBENCH_JOBS_PER_GPU", "1")
+        if not jobs.isdigit() or int(jobs) < 1:
+            raise LvmbenchError(f"LVMBENCH_JOBS_PER_GPU must be an integer >= 1, got {jobs!r}")
+        jobs = int(jobs)
         return torch.device(f"cuda:{claim_gpu(n, jobs, Path(tempfile.gettempdir()) / 'lvmbench-gpu')}")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise LvmbenchError(f"device {name!r} requested but CUDA is not available")
-    try:
-        return torch.device(name)
-    except RuntimeError:
-        raise LvmbenchError(f"device must be auto, cpu, cuda or cuda:N, got {name!r}") from None
+    device = torch.device(name)
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise LvmbenchError(f"device {name!r} requested but only {torch.cuda.device_count()} GPU(s) are visible")
+    return device
 
 
 def device_name(device: torch.device) -> str:

@@ -11,28 +11,58 @@ the trainer and the Snakemake pipeline agree on which combinations run.
 The plan keeps what is trained (:class:`~lvmbench.settings.Cell`, the training spec) apart
 from how it is measured (:class:`Measurements`: each cell's evaluation, gradient-variance
 and amortization settings).
+
+:func:`plan` is the one validator of a config: ``lvmbench plan`` and the workflow
+(workflow/rules/common.smk) both call it, so they accept and refuse the same configs. It
+checks the config against workflow/schemas/config.schema.yaml (types, ranges, unknown
+keys), then every name against the registries and every value against what it takes
+from: options a model, objective, estimator or dataset does not take, sizes larger than
+the data they take from, tensors larger than :data:`MAX_ELEMENTS`, an amortization block
+its cells cannot run, published numbers naming nothing the config declares. Each refusal
+is one line, before any job starts.
 """
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
+import math
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+import jsonschema
 import torch
+import yaml
+from torch.distributions import Independent, MultivariateNormal, Normal
 
 from lvmbench.data import DATASETS
 from lvmbench.errors import LvmbenchError
-from lvmbench.estimators import ESTIMATORS
+from lvmbench.estimators import ESTIMATORS, make_estimator
 from lvmbench.models import MODELS, LatentVariableModel, build_model
+from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import Objective, make_objective
 from lvmbench.report.paper import check_published
 from lvmbench.rng import forked_rng
-from lvmbench.settings import AmortizeSettings, Cell, EvalSettings, GradvarSettings, WorkflowSettings, build_settings
+from lvmbench.settings import (
+    LABEL,
+    AmortizeSettings,
+    Cell,
+    EvalSettings,
+    GradvarSettings,
+    TrainSettings,
+    WorkflowSettings,
+    build_settings,
+    check_finite,
+    leaves,
+)
 
-LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
+SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+#: the most elements any one tensor of a job may hold (2^31: 8 GiB in float32, and the
+#: limit of 32-bit indexing); a config whose sizes exceed it is refused up front
+MAX_ELEMENTS = 2 ** 31
 EXPERIMENT_KEYS = {"datasets", "models", "objectives", "K", "estimators", "seeds", "train", "eval",
                    "gradvar", "dataset_options"}
 #: the cell fields an amortization block may match on
@@ -112,12 +142,40 @@ def resolve_variant(config: dict) -> dict:
     ``short`` (minutes on one GPU) and ``smoke`` (seconds on CPU, for CI):
     ``snakemake --configfile config/experiments/burda2016.yaml --config variant=short``.
     """
+    if not isinstance(config, dict):
+        raise LvmbenchError(f"config: expected a mapping of keys, got {type(config).__name__}")
     variants = config.get("variants") or {}
+    if not isinstance(variants, dict) or not all(isinstance(v, dict) for v in variants.values()):
+        raise LvmbenchError("variants: expected a mapping of variant names to mappings of overrides")
     name = config.get("variant")
+    if name is not None and not isinstance(name, str):
+        raise LvmbenchError(f"variant: expected the name of one variant, got {name!r}")
     if name is not None and name not in variants:
         raise LvmbenchError(f"variant {name!r} is not defined; this config has: {', '.join(variants) or 'none'}")
     out = {k: v for k, v in config.items() if k not in ("variants", "variant")}
     return merge(out, variants[name]) if name is not None else out
+
+
+@functools.cache
+def _validator() -> jsonschema.protocols.Validator:
+    if not SCHEMA.is_file():
+        raise LvmbenchError(f"the config schema {SCHEMA} is missing; install lvmbench from its checkout "
+                            f"(pip install -e .)")
+    schema = yaml.safe_load(SCHEMA.read_text())
+    return jsonschema.validators.validator_for(schema)(schema)
+
+
+def _schema_path(error: jsonschema.ValidationError) -> str:
+    """``config.experiments.demo.K[0]`` from a jsonschema error's path."""
+    return "config" + "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in error.absolute_path)
+
+
+def check_schema(config: dict) -> None:
+    """The config (after its variant) against workflow/schemas/config.schema.yaml: one line
+    for the most relevant error, naming where it is."""
+    error = jsonschema.exceptions.best_match(_validator().iter_errors(config))
+    if error is not None:
+        raise LvmbenchError(f"{_schema_path(error)}: {' '.join(error.message.split())}")
 
 
 def _labelled(entries: Any, key: str, where: str) -> dict[str, tuple[str, dict]]:
@@ -147,12 +205,14 @@ class Measurements:
 @dataclass(frozen=True)
 class Plan:
     """The cells of a config (training specs), the skipped combinations with their reasons,
-    each cell's measurement settings by cell id, and the workflow's own settings."""
+    each cell's measurement settings by cell id, the workflow's own settings, and warnings
+    about values that run but are probably not meant (one line each)."""
 
     cells: list[Cell]
     skipped: list[dict]
     measurements: dict[str, Measurements]
     workflow: WorkflowSettings
+    warnings: list[str] = field(default_factory=list)
 
     def amortized(self) -> list[Cell]:
         """The cells the amortization block selects."""
@@ -195,9 +255,93 @@ def bundles(cells: list[Cell], size: int, finished: frozenset[str] = frozenset()
     return out
 
 
-def _amortization(config: dict, cells: list[Cell]) -> tuple[AmortizeSettings | None, set[str]]:
+# ---------------------------------------------------------------------------------------
+# what a cell's jobs take from its data, and the memory they need
+# ---------------------------------------------------------------------------------------
+def amortization_objective(cell: Cell, s: AmortizeSettings) -> Objective:
+    """The bound amortization optimises: ``s.objective``, else the run's when it is a
+    sampled bound with the encoder as proposal, else the ELBO."""
+    if s.objective:
+        return make_objective(s.objective)
+    objective = make_objective(cell.objective_name, **cell.objective_options)
+    return objective if objective.sampled and objective.proposal == "encoder" else make_objective("elbo")
+
+
+def check_settings(cell: Cell, settings: TrainSettings | EvalSettings | GradvarSettings | AmortizeSettings,
+                   where: str) -> None:
+    """Refuse ``settings`` that would fail or silently change meaning once the job runs on
+    ``cell``: a size larger than the data it takes from (a batch of more training points
+    than there are, more test points than the test set holds), a tensor of more than
+    :data:`MAX_ELEMENTS` elements, an estimator gradvar does not know, an amortization K or
+    K_eval its objective cannot use. ``lvmbench plan`` and the measurement commands call it
+    before any work starts; ``where`` names the block in messages."""
+    spec = DATASETS[cell.dataset].obj
+    spec.check_options(cell.dataset, cell.dataset_options)
+    n_train, n_test, D = spec.shape(cell.dataset_options)
+    K = cell.K
+    takes, tensors = [], []  # (setting, value, available, of what); (what, elements)
+    if isinstance(settings, TrainSettings):
+        takes = [("batch_size", settings.batch_size, n_train, "training points")]
+        tensors = [("the training set (n_train x D)", n_train * D), ("the test set (n_test x D)", n_test * D),
+                   ("a training step (K x batch_size x D)", K * settings.batch_size * D)]
+    elif isinstance(settings, EvalSettings):
+        takes = [("n_test", settings.n_test, n_test, "test points")]  # active_units_n: at most, as documented
+        tensors = [("a chunk of samples (max(max_samples, batch_size) x D)",
+                    max(settings.max_samples, settings.batch_size) * D)]
+    elif isinstance(settings, GradvarSettings):
+        unknown = [e for e in settings.estimators if e not in ESTIMATORS]
+        if unknown:
+            raise LvmbenchError(f"{where}.estimators: unknown estimator {unknown[0]!r}; choose one of: "
+                                f"{', '.join(ESTIMATORS.names())}")
+        takes = [("batch_size", settings.batch_size, n_train, "training points")]
+        tensors = [("a gradient draw (K x batch_size x D)", K * settings.batch_size * D)]
+    elif isinstance(settings, AmortizeSettings):
+        objective = amortization_objective(cell, settings)
+        K = settings.K or cell.K
+        reason = objective.why_invalid(K)
+        if reason:
+            raise LvmbenchError(f"{where}: cell {cell.id}: {reason}")
+        K_eval = settings.K_eval or K * math.ceil(1000 / K)
+        bad = sorted({K // M for M, _ in objective.encoder_terms(K) if K_eval % (K // M)})
+        if bad:
+            raise LvmbenchError(f"{where}.K_eval={K_eval} must be a multiple of the {objective.name} group size "
+                                f"{', '.join(map(str, bad))} (K={K}) for cell {cell.id}")
+        N = settings.n_test or n_test
+        takes = [("n_test", settings.n_test, n_test, "test points")]
+        tensors = [("a step (K x n_test x D)", K * N * D), ("the log-weights (K_eval x n_test)", K_eval * N),
+                   ("a chunk of samples (max(max_samples, n_test) x D)", max(settings.max_samples, N) * D)]
+    for key, value, available, what in takes:
+        if value > available:
+            raise LvmbenchError(f"{where}.{key}={value} exceeds the {available} {what} of {cell.dataset} "
+                                f"(cell {cell.id}); lower it")
+    for what, elements in tensors:
+        if elements > MAX_ELEMENTS:
+            raise LvmbenchError(f"{where}: {what} of cell {cell.id} would hold {elements:,} elements, more than "
+                                f"the {MAX_ELEMENTS:,} one tensor may hold (D={D}); lower its sizes")
+
+
+def _check_sizes(options: dict, where: str) -> None:
+    """Every integer in a model's or an estimator's options (inside lists and mappings too)
+    is a size or a count (components, hidden units, latent sizes, flow layers...): >= 1."""
+    for at, leaf in leaves(options, where):
+        if isinstance(leaf, int) and not isinstance(leaf, bool) and leaf < 1:
+            raise LvmbenchError(f"{at} must be an integer >= 1 (a size), got {leaf}")
+
+
+def _gaussian_encoder(model: LatentVariableModel, dim: int) -> str | None:
+    """None when the encoder is a Gaussian per-datapoint inference can take over
+    (Independent Normal or MultivariateNormal), else the name of its distribution."""
+    with fast_distributions():
+        q = model.encoder(torch.zeros(1, dim, device=next(model.parameters()).device))
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        return None
+    return None if isinstance(q, MultivariateNormal) else type(q).__name__
+
+
+def _amortization(config: dict, cells: list[Cell],
+                  built: dict[tuple[str, str, str], LatentVariableModel]) -> tuple[AmortizeSettings | None, set[str]]:
     """The amortization settings and the ids of the cells whose fields equal every entry of
-    the block's ``match``."""
+    the block's ``match``; every selected cell must be one amortization can run."""
     block = config.get("amortization")
     if block is None:
         return None, set()
@@ -208,24 +352,71 @@ def _amortization(config: dict, cells: list[Cell]) -> tuple[AmortizeSettings | N
     if unknown:
         raise LvmbenchError(f"amortization.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
     settings = build_settings(AmortizeSettings, {k: v for k, v in block.items() if k != "match"}, "amortization")
-    chosen = {c.id for c in cells if all(str(getattr(c, k)) == str(v) for k, v in match.items())}
+    chosen = [c for c in cells if all(str(getattr(c, k)) == str(v) for k, v in match.items())]
     if not chosen:
         raise LvmbenchError(f"amortization.match {match} selects no cell of this config")
-    return settings, chosen
+    for c in chosen:
+        family = _gaussian_encoder(built[c.experiment, c.dataset, c.model], DATASETS[c.dataset].obj.dimension(
+            c.dataset_options))
+        if family is not None:
+            raise LvmbenchError(f"amortization.match selects cell {c.id}, whose encoder is a {family}: per-datapoint "
+                                f"inference needs a Gaussian encoder (vae with 1 stochastic layer and no flow, "
+                                f"linear_gaussian); narrow the match")
+        check_settings(c, settings, "amortization")
+    return settings, {c.id for c in chosen}
 
 
+def _declared(axes: Any) -> dict[str, set[str]]:
+    """The names an experiment declares on each axis (labels for models, objectives and
+    estimators), whatever their form; empty where an axis is malformed."""
+    out = {}
+    for key in ("datasets", "models", "objectives", "K", "estimators"):
+        value = axes.get(key) if isinstance(axes, dict) else None
+        out[key] = {str(v) for v in value} if isinstance(value, (list, dict)) else set()
+    return out
+
+
+def _check_published_names(published: list[dict], *configs: dict) -> None:
+    """Every published row names an experiment of the config (with or without its variant:
+    a smoke variant may drop experiments whose numbers then read "not run") and, in it, a
+    declared dataset, model, objective, K and estimator."""
+    for i, row in enumerate(published):
+        for config in configs:
+            experiments = config.get("experiments") if isinstance(config.get("experiments"), dict) else {}
+            if row["experiment"] not in experiments:
+                continue
+            axes = _declared(experiments[row["experiment"]])
+            missing = [f"{key} {row[key]!r}" for key, axis in (("dataset", "datasets"), ("model", "models"),
+                                                                ("objective", "objectives"), ("K", "K"),
+                                                                ("estimator", "estimators"))
+                       if key in row and str(row[key]) not in axes[axis]]
+            if not missing:
+                break
+        else:
+            declared = sorted({e for c in configs if isinstance(c.get("experiments"), dict) for e in c["experiments"]})
+            raise LvmbenchError(f"published[{i}] names {', '.join(f'{k}={row[k]!r}' for k in MATCH_KEYS if k in row)}"
+                                f", which the config does not declare (experiments: {', '.join(declared)})")
+
+
+# ---------------------------------------------------------------------------------------
+# the plan
+# ---------------------------------------------------------------------------------------
 def plan(config: dict) -> Plan:
-    """Expand ``config["experiments"]`` (after its variant, if any) into valid cells, the
-    skipped combinations with reasons, and each cell's measurement settings."""
-    config = resolve_variant(config)
+    """Validate ``config`` (module docstring) and expand ``config["experiments"]`` (after its
+    variant, if any) into valid cells, the skipped combinations with reasons, and each
+    cell's measurement settings."""
+    check_finite(config, "config")  # before the schema, whose number type takes NaN
+    base, config = config, resolve_variant(config)
+    check_schema(config)
     if config.get("published") is not None:
         check_published(config["published"])
+        _check_published_names(config["published"], base, config)
     workflow = build_settings(WorkflowSettings, {f.name: config[f.name] for f in fields(WorkflowSettings)
                                                  if f.name in config}, "config")
     experiments = config.get("experiments")
     if not isinstance(experiments, dict) or not experiments:
         raise LvmbenchError("config: 'experiments' must map experiment names to their axes")
-    cells, skipped, measurements = [], [], {}
+    cells, skipped, measurements, warnings, built = [], [], {}, [], {}
     for exp, axes in experiments.items():
         where = f"experiments.{exp}"
         if not isinstance(axes, dict):
@@ -236,9 +427,9 @@ def plan(config: dict) -> Plan:
         missing = {"datasets", "models", "objectives", "K", "estimators"} - set(axes)
         if missing:
             raise LvmbenchError(f"{where}: missing key(s) {sorted(missing)}")
-        if not LABEL.fullmatch(str(exp)):
-            raise LvmbenchError(f"{where}: experiment names may use letters, digits and _ . + - only "
-                                f"(they become path components)")
+        if not isinstance(exp, str) or not re.fullmatch(LABEL, exp):
+            raise LvmbenchError(f"{where}: experiment names start with a letter or digit and use letters, digits "
+                                f"and _ . + - only (they become path components)")
         models = _labelled(axes["models"], "model", f"{where}.models")
         objectives = _labelled(axes["objectives"], "objective", f"{where}.objectives")
         estimators = _labelled(axes["estimators"], "estimator", f"{where}.estimators")
@@ -258,20 +449,41 @@ def plan(config: dict) -> Plan:
                 raise LvmbenchError(f"{where}.datasets: unknown dataset {d!r}; choose one of: "
                                     f"{', '.join(DATASETS.names())}")
         for label in [*models, *objectives, *estimators]:
-            if not LABEL.fullmatch(str(label)):
-                raise LvmbenchError(f"{where}: label {label!r} may use letters, digits and _ . + - only")
-        for seed in axes.get("seeds", [0]):
+            if not isinstance(label, str) or not re.fullmatch(LABEL, label):
+                raise LvmbenchError(f"{where}: label {label!r} must start with a letter or digit and use letters, "
+                                    f"digits and _ . + - only")
+        seeds = axes.get("seeds", [0])
+        for seed in seeds:
             if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
                 raise LvmbenchError(f"{where}.seeds: every seed must be an integer >= 0, got {seed!r}")
-        dataset_options = {d: dict(axes.get("dataset_options", {}).get(d, {})) for d in axes["datasets"]}
+        given_options = axes.get("dataset_options", {})
+        strays = sorted(set(given_options) - set(axes["datasets"]))
+        if strays:
+            raise LvmbenchError(f"{where}.dataset_options: {', '.join(map(str, strays))} is not one of this "
+                                f"experiment's datasets ({', '.join(axes['datasets'])})")
+        dataset_options = {d: dict(given_options.get(d) or {}) for d in axes["datasets"]}
         for d, opts in dataset_options.items():
-            unknown = set(opts) - set(DATASETS[d].options())
-            if unknown:
-                raise LvmbenchError(f"{where}.dataset_options.{d}: unknown option(s) {sorted(unknown)}; valid: "
-                                    f"{', '.join(DATASETS[d].options()) or 'none'}")
-        with forked_rng(_CPU):  # building models draws initial weights: keep the caller's RNG
-            built = {(d, label): build_model(name, DATASETS[d].obj.dimension(dataset_options[d]), **opts)
-                     for d in axes["datasets"] for label, (name, opts) in models.items()}
+            try:
+                DATASETS[d].obj.check_options(d, opts)
+            except LvmbenchError as err:
+                raise LvmbenchError(f"{where}.dataset_options.{d}: {err}") from None
+        dims = {d: DATASETS[d].obj.dimension(dataset_options[d]) for d in axes["datasets"]}
+        with forked_rng(_CPU), torch.device("meta"):  # declarations and sizes only: no memory, no draws
+            for d, (axis, (label, (name, opts))) in itertools.product(
+                    axes["datasets"], [*(("models", m) for m in models.items()),
+                                       *(("estimators", e) for e in estimators.items())]):
+                try:
+                    _check_sizes(opts, f"{where}.{axis}.{label}")
+                    if axis == "estimators":
+                        make_estimator(name, dims[d], **opts)
+                        continue
+                    built[exp, d, label] = model = build_model(name, dims[d], **opts)
+                except LvmbenchError as err:
+                    raise LvmbenchError(f"{where}.{axis}.{label}: {err}") from None
+                n_params = sum(p.numel() for p in model.parameters())
+                if n_params > MAX_ELEMENTS:
+                    raise LvmbenchError(f"{where}.models.{label}: {n_params:,} parameters on {d}, more than the "
+                                        f"{MAX_ELEMENTS:,} one job may hold; make it smaller")
         for k in axes["K"]:
             if not isinstance(k, int) or isinstance(k, bool) or k < 1:
                 raise LvmbenchError(f"{where}.K: every K must be an integer >= 1, got {k!r}")
@@ -285,8 +497,8 @@ def plan(config: dict) -> Plan:
         n_before = len(cells)
         for dataset, (m_label, (m_name, m_opts)), (o_label, (o_name, o_opts)), K, (e_label, (e_name, e_opts)), \
                 seed in itertools.product(axes["datasets"], models.items(), objectives.items(), axes["K"],
-                                          estimators.items(), axes.get("seeds", [0])):
-            reason = why_invalid_for(m_name, built[dataset, m_label], built_objectives[o_label], K, e_name,
+                                          estimators.items(), seeds):
+            reason = why_invalid_for(m_name, built[exp, dataset, m_label], built_objectives[o_label], K, e_name,
                                      dataset=dataset)
             row = {"experiment": exp, "dataset": dataset, "model": m_label, "objective": o_label, "K": K,
                    "estimator": e_label, "seed": seed}
@@ -300,15 +512,22 @@ def plan(config: dict) -> Plan:
                     "model_options": m_opts, "objective_options": o_opts, "train": train})
             except LvmbenchError as err:
                 raise LvmbenchError(f"{where}: {err}") from None
+            for block, settings in (("train", cell.train), ("eval", measured.eval), ("gradvar", measured.gradvar)):
+                check_settings(cell, settings, f"{where}.{block}")
             cells.append(cell)
             measurements[cell.id] = measured
         if len(cells) == n_before:
-            reason = next(r["reason"] for r in reversed(skipped) if r["experiment"] == exp)
-            raise LvmbenchError(f"{where}: no combination of its axes can run, e.g. {reason}")
+            reasons = [r["reason"] for r in skipped if r["experiment"] == exp]
+            raise LvmbenchError(f"{where}: no combination of its axes can run"
+                                + (f", e.g. {reasons[-1]}" if reasons else " (an axis is empty)"))
+        above = sorted({c.K for c in cells[n_before:] if c.K > measured.eval.K_eval})
+        if above:
+            warnings.append(f"{where}: eval.K_eval={measured.eval.K_eval} is below the training K of its cells "
+                            f"with K in {above}: their L_K_eval is a looser bound than the one they were trained on")
     ids = [c.id for c in cells]
     if len(ids) != len(set(ids)):
         raise LvmbenchError("config: two experiments produce the same cell id; give them distinct names")
-    amortize, chosen = _amortization(config, cells)
+    amortize, chosen = _amortization(config, cells, built)
     measurements = {i: Measurements(m.eval, m.gradvar, amortize if i in chosen else None)
                     for i, m in measurements.items()}
-    return Plan(cells, skipped, measurements, workflow)
+    return Plan(cells, skipped, measurements, workflow, warnings)

@@ -15,17 +15,38 @@ One directory per cell, ``<results>/runs/<cell id>/``, with the cell id
 ======================  ===================================================================
 
 :class:`RunDir` writes and reads all of these; :func:`load_trained` hands a trained model
-to the measurements and the figures. :meth:`RunDir.is_finished` tells the planner which
-cells need no training. Where the directory path, ``cell.json`` and the spec
-stored in a checkpoint disagree, it stops with one line naming both.
+to the measurements and the figures, and only once training has finished (``train.json``
+written); :meth:`RunDir.is_finished` tells the planner which cells need no training. Where the directory path, ``cell.json``, the spec stored in a checkpoint and the
+cell named by a summary disagree, it stops with one line naming both; so does
+:meth:`RunDir.check_records`, which ``lvmbench aggregate`` and ``lvmbench plot`` call
+before they take a row from a directory. A file that is truncated or empty is one line too.
+
+The process that trains or measures a run directory holds a lock on it (:func:`holds_run`,
+``fcntl.flock``, released by the kernel when the process dies, however it dies): a
+trainer holds ``.lock`` exclusively, a measurement holds it shared (evaluate and gradvar
+run side by side, never beside a trainer) and its own ``.<command>.lock`` exclusively. A
+second writer stops at once with one line naming the holder (pid, host, command). Under
+Snakemake (``$LVMBENCH_PARENT_PID``, set by the workflow) a watcher stops the job when the
+Snakemake process that started it dies, so no orphan keeps writing.
 """
 
 from __future__ import annotations
 
+import datetime
+import errno
+import fcntl
+import functools
+import inspect
+import os
 import re
+import signal
+import socket
 import sys
+import threading
+import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import IO, Any, Callable, Iterator, NamedTuple
 
 import pandas as pd
 import torch
@@ -34,7 +55,7 @@ from lvmbench.data import Dataset, load_dataset
 from lvmbench.devices import pick_device
 from lvmbench.errors import LvmbenchError
 from lvmbench.grid import why_invalid_for
-from lvmbench.io import load_json, save_csv, save_json, save_torch
+from lvmbench.io import load_json, output_error, save_csv, save_json, save_torch, temporaries
 from lvmbench.models import LatentVariableModel, build_model
 from lvmbench.objectives import make_objective
 from lvmbench.rng import forked_rng, stream_seed
@@ -42,8 +63,7 @@ from lvmbench.settings import Cell
 
 #: a cell id at the end of a path: .../<experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>
 CELL_ID = re.compile(r"(?:^|/)([^/]+/[^/]+/[^/]+/[^/]+/K[0-9]+/[^/]+/seed[0-9]+)$")
-
-
+#: what a checkpoint must hold to resume training from it
 def _spec_difference(a: dict, b: dict) -> str:
     """The keys in which two training specs differ, for a message."""
     keys = sorted(k for k in set(a) | set(b) if a.get(k) != b.get(k))
@@ -114,9 +134,15 @@ class RunDir:
             raise LvmbenchError(f"checkpoint {path} is not an lvmbench checkpoint; retrain the cell")
         return state
 
-    def resume_state(self, cell: Cell, layout: int) -> dict | None:
-        """The checkpoint's state when it is readable, of the trainer's ``layout`` and belongs to
-        ``cell``, else None (training starts afresh, with the reason on stderr)."""
+    def resume_state(self, cell: Cell, layout: tuple[int, tuple[str, ...]], model: torch.nn.Module,
+                     estimator: torch.nn.Module, snapshot_steps: list[int]) -> dict | None:
+        """The checkpoint's state when training can resume from it, else None (training
+        starts afresh, with the reason on stderr): it must be readable, belong to ``cell``,
+        be of the trainer's ``layout`` (its format number and the keys it holds; an older
+        format is not), fit ``model`` and
+        ``estimator`` (parameter names and shapes: another architecture does not), and every
+        snapshot before its step must still be there, since a resumed run never writes them
+        again."""
         if not self.checkpoint.exists():
             return None
         try:
@@ -124,12 +150,20 @@ class RunDir:
         except LvmbenchError as err:
             print(f"[lvmbench] {err}; starting afresh", file=sys.stderr)
             return None
-        if state.get("format") != layout:
-            print(f"[lvmbench] {self.checkpoint} is of an older layout; starting afresh", file=sys.stderr)
-            return None
+        why = None
         if state["cell"] != cell.to_dict():
-            print(f"[lvmbench] {self.checkpoint} belongs to another configuration (it differs in "
-                  f"{_spec_difference(state['cell'], cell.to_dict())}); starting afresh", file=sys.stderr)
+            why = f"belongs to another configuration (it differs in {_spec_difference(state['cell'], cell.to_dict())})"
+        elif state.get("format") != layout[0]:
+            why = f"is of an older format (format {state.get('format', 1)}, the trainer's is {layout[0]})"
+        elif any(k not in state for k in layout[1]):
+            why = f"is of an older format (it has no {', '.join(k for k in layout[1] if k not in state)})"
+        else:
+            why = _misfit(state["model"], model, "model") or _misfit(state["estimator"], estimator, "estimator")
+        if why is None:
+            lost = [s for s in snapshot_steps if s <= state["step"] and not self.snapshot(s).exists()]
+            why = f"is at step {state['step']}, but the snapshot of step {lost[0]} is gone" if lost else None
+        if why is not None:
+            print(f"[lvmbench] {self.checkpoint} {why}; starting afresh", file=sys.stderr)
             return None
         return state
 
@@ -152,8 +186,11 @@ class RunDir:
     def snapshots(self) -> list[Path]:
         return sorted(self.snapshot_dir.glob("step*.pt"))
 
+    def snapshot(self, step: int) -> Path:
+        return self.snapshot_dir / f"step{step:08d}.pt"
+
     def save_snapshot(self, step: int, state: dict) -> None:
-        save_torch(state, self.snapshot_dir / f"step{step:08d}.pt")
+        save_torch(state, self.snapshot(step))
 
     def clear_snapshots(self) -> None:
         """Drop the snapshots of an earlier configuration (a fresh start)."""
@@ -162,19 +199,237 @@ class RunDir:
 
     # summaries -------------------------------------------------------------------------
     def read_json(self, name: str) -> dict | None:
-        """A summary (``train``, ``eval``, ``amortization``), or None when it is not written."""
+        """A summary (``train``, ``eval``, ``amortization``), or None when it is not written;
+        one line when it is truncated or not a JSON mapping."""
         path = self.file(f"{name}.json")
-        return load_json(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            value = load_json(path)
+        except ValueError as err:
+            raise LvmbenchError(f"{path} is not readable JSON ({err}); it was truncated or edited: delete it and "
+                                f"rerun the job that writes it") from None
+        if not isinstance(value, dict):
+            raise LvmbenchError(f"{path} is not a JSON mapping; delete it and rerun the job that writes it")
+        return value
 
     def write_json(self, name: str, obj: Any) -> Path:
         return save_json(obj, self.file(f"{name}.json"))
 
     def read_table(self, name: str) -> pd.DataFrame | None:
+        """A table (``train``, ``gradvar``), or None when it is not written; one line when it is
+        empty or not a CSV table."""
         path = self.file(f"{name}.csv")
-        return pd.read_csv(path) if path.exists() else None
+        if not path.exists():
+            return None
+        try:
+            return pd.read_csv(path)
+        except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as err:
+            raise LvmbenchError(f"{path} is empty or not a CSV table ({' '.join(str(err).split())}); delete it "
+                                f"and rerun the job that writes it") from None
 
     def write_table(self, name: str, df: pd.DataFrame) -> Path:
         return save_csv(df, self.file(f"{name}.csv"))
+
+    def check_records(self) -> Cell:
+        """The training spec in ``cell.json``, once every record of the directory is known to
+        be of that cell: the cell named by train.json, eval.json, amortization.json and
+        gradvar.csv, and the spec stored in the checkpoint. A hand-edited cell.json or a file
+        copied from another cell would otherwise give a row whose label disagrees with its
+        numbers."""
+        cell = self.read_cell()
+        for name in ("train", "eval", "amortization"):
+            record = self.read_json(name)
+            if record is not None and record.get("cell") != cell.id:
+                raise LvmbenchError(f"{self.file(name + '.json')} is of the cell {record.get('cell')} but "
+                                    f"{self.file('cell.json')} is the cell {cell.id}; rerun the cell's jobs")
+        table = self.read_table("gradvar")
+        if table is not None and "cell" in table and set(table["cell"].astype(str)) - {cell.id}:
+            others = sorted(set(table["cell"].astype(str)) - {cell.id})
+            raise LvmbenchError(f"{self.file('gradvar.csv')} holds rows of the cell {others[0]} but "
+                                f"{self.file('cell.json')} is the cell {cell.id}; rerun gradvar")
+        if self.checkpoint.exists():
+            _check_spec(self.load_state(self.checkpoint), cell, self.checkpoint, self.file("cell.json"))
+        return cell
+
+    # locks -------------------------------------------------------------------------------
+    def _holder(self, lock: Path) -> str:
+        """Who holds ``lock``, as its holder wrote it."""
+        try:
+            return lock.read_text().strip() or "another process"
+        except OSError:
+            return "another process"
+
+    def _measurers(self) -> list[str]:
+        """The measurements holding their locks on this directory now."""
+        held = []
+        for lock in sorted(self.path.glob(".*.lock")):
+            with open(lock, "a+") as handle:
+                try:
+                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    held.append(self._holder(lock))
+        return held
+
+    def _flock(self, lock: Path, mode: int, stake: str | None) -> IO | None:
+        """``lock`` opened and flocked in ``mode`` without waiting, with the holder of a
+        ``stake`` (a command) written in it; None when the directory cannot take a lock
+        file (read-only: no one can write in it either). Refused with one line naming the
+        holder when taken."""
+        try:
+            handle = open(lock, "a+")
+        except OSError as err:
+            if err.errno in (errno.EACCES, errno.EROFS, errno.EPERM):
+                return None
+            raise
+        try:
+            fcntl.flock(handle, mode | fcntl.LOCK_NB)
+        except OSError:
+            handle.close()
+            holders = [self._holder(lock)]
+            if lock.name == ".lock" and mode == fcntl.LOCK_EX:  # a trainer, or measurements holding it shared
+                with open(lock, "a+") as probe:
+                    try:
+                        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                        holders = self._measurers() or holders
+                    except OSError:
+                        pass
+            raise LvmbenchError(f"run directory {self.path} is in use by {'; '.join(holders)}; wait for it to "
+                                f"finish or stop it") from None
+        if stake:
+            handle.truncate(0)
+            handle.write(_whoami(stake, self.path) + "\n")
+            handle.flush()
+        return handle
+
+    @contextmanager
+    def lock(self, command: str) -> Iterator[None]:
+        """Hold the directory for ``command`` (module docstring) until the block ends; a
+        trainer also removes the temporary files that killed writers left behind. Nested
+        holds by one process are one hold."""
+        key = (str(self.path.resolve()), command)
+        if key in _HELD:
+            yield
+            return
+        handles = []
+        try:
+            if command == "train":
+                try:
+                    self.path.mkdir(parents=True, exist_ok=True)
+                except OSError as err:
+                    raise (output_error(self.path, err) or err) from None
+                handles.append(self._flock(self.path / ".lock", fcntl.LOCK_EX, stake=command))
+                for stale in temporaries(self.path) + temporaries(self.snapshot_dir):
+                    stale.unlink(missing_ok=True)
+            elif self.path.is_dir():
+                handles.append(self._flock(self.path / ".lock", fcntl.LOCK_SH, stake=None))
+                handles.append(self._flock(self.path / f".{command}.lock", fcntl.LOCK_EX, stake=command))
+            _HELD.add(key)
+            yield
+        finally:
+            _HELD.discard(key)
+            for handle in handles:
+                if handle is not None:
+                    handle.close()
+
+
+_HELD: set[tuple[str, str]] = set()  # (run directory, command) held by this process
+
+
+def _whoami(command: str, path: Path) -> str:
+    """The holder of a lock, as a second writer is told: pid, host, command and since when."""
+    return (f"pid {os.getpid()} on {socket.gethostname()} (lvmbench {command} {path}, since "
+            f"{datetime.datetime.now().isoformat(timespec='seconds')})")
+
+
+def _misfit(stored: Any, module: torch.nn.Module, what: str) -> str | None:
+    """Why a stored state dict does not fit ``module`` (names or shapes), or None."""
+    expected = module.state_dict()
+    if not isinstance(stored, dict):
+        return f"holds no {what} state"
+    if set(stored) != set(expected):
+        return f"holds another {what} architecture (it differs in {', '.join(sorted(set(stored) ^ set(expected)))})"
+    shapes = [k for k, v in expected.items() if getattr(stored[k], "shape", None) != v.shape]
+    return f"holds another {what} architecture (the shape of {shapes[0]} differs)" if shapes else None
+
+
+# ---------------------------------------------------------------------------------------
+# the process that trains or measures a run directory
+# ---------------------------------------------------------------------------------------
+def _start_time(pid: int) -> str | None:
+    """A mark of the live process ``pid`` that changes if the pid is reused (its start time
+    in /proc), or None when it is gone or a zombie; where there is no /proc, whether it is
+    alive."""
+    if not Path("/proc/self/stat").exists():
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except PermissionError:
+            pass
+        return "alive"
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return None
+    return None if fields[0] in ("Z", "X") else fields[19]
+
+
+_WATCHING: list[int] = []
+
+
+def watch_parent(interval: float = 1.0) -> None:
+    """When ``$LVMBENCH_PARENT_PID`` names the Snakemake process that started this job (the
+    workflow sets it), stop this process with SIGTERM once that process is gone: a job whose
+    Snakemake was killed must not live on as an orphan writing its run directory. Atomic
+    writes keep every file whole; an interrupted training resumes from its last checkpoint."""
+    text = os.environ.get("LVMBENCH_PARENT_PID", "")
+    if not text.isdigit() or _WATCHING:
+        return
+    pid = int(text)
+    mark = _start_time(pid)
+
+    def watch() -> None:
+        while _start_time(pid) == mark and mark is not None:
+            time.sleep(interval)
+        print(f"[lvmbench] the Snakemake process {pid} that started this job is gone; stopping (an interrupted "
+              f"training resumes from its last checkpoint)", file=sys.stderr, flush=True)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    _WATCHING.append(pid)
+    threading.Thread(target=watch, name="lvmbench-parent-watch", daemon=True).start()
+
+
+def holds_run(command: str, run: str = "run") -> Callable[[Callable], Callable]:
+    """Decorate the function that trains (``command`` "train") or measures a run directory,
+    given as its argument named ``run``: the call holds the directory's lock
+    (:meth:`RunDir.lock`) and, under Snakemake, watches its parent (:func:`watch_parent`)."""
+
+    def decorate(func: Callable) -> Callable:
+        signature = inspect.signature(func)
+
+        @functools.wraps(func)
+        def held(*args, **kwargs):
+            path = signature.bind(*args, **kwargs).arguments[run]
+            watch_parent()
+            with RunDir(path).lock(command):
+                return func(*args, **kwargs)
+
+        return held
+
+    return decorate
+
+
+def _check_spec(state: dict, cell: Cell, path: Path, cell_json: Path) -> None:
+    """The spec stored in a checkpoint or snapshot at ``path`` is ``cell``."""
+    if state["cell"] != cell.to_dict():
+        stored = state["cell"] if isinstance(state["cell"], dict) else {}
+        try:
+            stored_id = Cell.from_dict(stored).id
+        except LvmbenchError:  # a spec of an older layout
+            stored_id = "of an older layout"
+        raise LvmbenchError(f"{path} holds the cell {stored_id} but {cell_json} is the cell {cell.id} "
+                            f"(they differ in {_spec_difference(stored, cell.to_dict())}); retrain the cell")
 
 
 def build(cell: Cell, data: Dataset) -> LatentVariableModel:
@@ -214,24 +469,25 @@ def load_trained(run: str | Path, snapshot: str | Path | None = None, device: to
                  data_dir: str | None = None) -> Trained:
     """The trained model of a run directory (or one of its snapshots), on ``device``.
 
-    The directory path, ``cell.json`` and the spec stored in the checkpoint must agree; the
-    global RNG is left as it was."""
+    Training must have finished (``train.json``, of this cell): a half-trained model is
+    never measured. The directory path, ``cell.json`` and the spec stored in the checkpoint
+    must agree; the global RNG is left as it was."""
     rd = RunDir(run)
     cell = rd.read_cell()
+    finished = rd.read_json("train")
+    if finished is None:
+        raise LvmbenchError(f"{rd.path}: training has not finished (no train.json); run lvmbench train on it "
+                            f"first, which resumes from its last checkpoint")
+    if finished.get("cell") != cell.id:
+        raise LvmbenchError(f"{rd.file('train.json')} is of the cell {finished.get('cell')} but "
+                            f"{rd.file('cell.json')} is the cell {cell.id}; retrain the cell")
     path = Path(snapshot) if snapshot else rd.checkpoint
     state = rd.load_state(path)
-    if state["cell"] != cell.to_dict():
-        stored = state["cell"] if isinstance(state["cell"], dict) else {}
-        try:
-            stored_id = Cell.from_dict(stored).id
-        except LvmbenchError:  # a spec of an older layout
-            stored_id = "of an older layout"
-        raise LvmbenchError(f"{path} holds the cell {stored_id} but {rd.file('cell.json')} is the cell {cell.id} "
-                            f"(they differ in {_spec_difference(stored, cell.to_dict())}); retrain the cell")
+    _check_spec(state, cell, path, rd.file("cell.json"))
     data, model, _ = setup(cell, device, data_dir)
     try:
         model.load_state_dict(state["model"])
-    except RuntimeError as err:
+    except (RuntimeError, TypeError, AttributeError) as err:  # another architecture, or not a state dict
         raise LvmbenchError(f"{path} does not fit the model of cell {cell.id} "
                             f"({str(err).splitlines()[0]}); retrain the cell") from None
     return Trained(cell, data, model, state.get("estimator"), int(state.get("step", 0)))

@@ -13,20 +13,32 @@ What is trained is kept apart from how it is measured:
 Every default and every range lives here, once, on the dataclass field
 (:func:`setting`); the schema (workflow/schemas/config.schema.yaml) and config/README.md
 state the same, which a test checks. :func:`build_settings` refuses unknown keys, wrong
-types, NaN and out-of-range values with one line.
+types, NaN and out-of-range values with one line; :func:`check_finite` refuses NaN and
+infinities anywhere in a nested config, and :meth:`Cell.from_dict` checks every field of a
+training spec.
 """
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields
-from typing import Any, get_type_hints
+from typing import Any, Iterator, get_type_hints
 
 from lvmbench.errors import LvmbenchError
+
+#: names that become path components (experiments; dataset, model, objective and estimator
+#: labels): they start with a letter or digit, so none is "." or ".." or hidden, and hold at
+#: most 128 characters, well within a file name's 255 bytes
+LABEL = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,127}$"
+#: the devices a job may name: auto (CUDA when present, else the CPU), cpu, cuda, cuda:N
+DEVICE = r"^(auto|cpu|cuda|cuda:[0-9]+)$"
+#: the largest seed: torch's generators take signed 64-bit seeds
+SEED_MAX = 2 ** 63 - 1
 
 
 def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None,
@@ -72,6 +84,28 @@ def _check_value(value: Any, hint: Any, where: str) -> Any:
             raise LvmbenchError(f"{where}: expected a finite number, got {value!r}")
         return float(value)
     return value
+
+
+def leaves(value: Any, where: str) -> Iterator[tuple[str, Any]]:
+    """Every leaf of a nested structure of mappings and lists, with its path
+    (``where.key[0]``), for checks that hold everywhere in a config or a spec."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            yield from leaves(item, f"{where}.{key}")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            yield from leaves(item, f"{where}[{i}]")
+    else:
+        yield where, value
+
+
+def check_finite(value: Any, where: str) -> None:
+    """Refuse NaN and infinities anywhere in a nested structure of mappings and lists (YAML
+    writes them ``.nan`` and ``.inf``, JSON ``NaN`` and ``Infinity``): no number of a config
+    or a spec means anything when it is not finite."""
+    for at, leaf in leaves(value, where):
+        if isinstance(leaf, float) and not math.isfinite(leaf):
+            raise LvmbenchError(f"{at}: expected a finite number, got {leaf!r}")
 
 
 def _check_range(value: Any, meta: dict, where: str) -> None:
@@ -142,11 +176,19 @@ class WorkflowSettings(Settings):
 
     results: str = setting("results", min_length=1)  # output directory for runs, tables, figures, logs
     data_dir: str | None = setting(None, min_length=1)  # None = $LVMBENCH_DATA, else ~/.cache/lvmbench
-    device: str = setting("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")  # torch device of the run jobs
+    device: str = setting("auto", pattern=DEVICE)  # torch device of the run jobs
     threads: int = setting(1, minimum=1)  # CPU threads per train/evaluate/gradvar/amortize job
     gpu: int = setting(1, minimum=0)  # GPUs each such job requests (Snakemake resource gpu)
     bundle: int = setting(16, minimum=1)  # most cells (equal but for the seed) one train job trains together
     compile: bool | str = setting("auto", choices=("auto", True, False))  # torch.compile the training step
+
+    def check(self, where: str) -> None:
+        """The results directory is never the file system root (``results: /``, or a path
+        built from an unset variable such as ``$UNSET/``)."""
+        resolved = os.path.realpath(self.results)
+        if os.path.dirname(resolved) == resolved:
+            raise LvmbenchError(f"{where}.results: {self.results!r} is the file system root; name a directory "
+                                f"for runs, tables, figures and logs (default 'results')")
 
 
 @dataclass(frozen=True)
@@ -177,7 +219,7 @@ class EvalSettings(Settings):
     n_test: int = setting(0, minimum=0)  # 0 = the whole test set, else its first n_test points
     active_units_n: int = setting(500, minimum=1)  # first training images for active units (Burda)
     ordering_threshold: float = setting(3.0, exclusive_minimum=0)  # a violation is z < -threshold SEs
-    seed: int = setting(0, minimum=0)
+    seed: int = setting(0, minimum=0, maximum=SEED_MAX)
 
     def check(self, where: str) -> None:
         bad = [k for k in self.k_grid if self.K_eval % k]
@@ -193,7 +235,7 @@ class GradvarSettings(Settings):
     draws: int = setting(100, minimum=2)  # independent gradient draws M
     batch_size: int = setting(32, minimum=1)  # fixed minibatch of training points
     estimators: tuple[str, ...] = setting(())  # empty = every valid estimator in the registry
-    seed: int = setting(0, minimum=0)
+    seed: int = setting(0, minimum=0, maximum=SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -208,7 +250,7 @@ class AmortizeSettings(Settings):
     objective: str | None = setting(None, choices=("elbo", "iwae"))  # None = the run's (elbo if not sampled)
     check_every: int = setting(10, minimum=1)  # steps between best-so-far checks
     max_samples: int = setting(200_000, minimum=1)  # samples x points held at once (memory bound)
-    seed: int = setting(0, minimum=0)
+    seed: int = setting(0, minimum=0, maximum=SEED_MAX)
 
 
 @dataclass(frozen=True)
@@ -259,4 +301,13 @@ class Cell:
         required = {f.name for f in fields(cls) if f.default is MISSING and f.default_factory is MISSING}
         if required - set(d):
             raise LvmbenchError(f"cell: missing key(s) {sorted(required - set(d))}")
+        rules = {**{k: (str, {"pattern": LABEL}) for k in ("experiment", "dataset", "model", "objective", "estimator",
+                                                           "model_name", "objective_name", "estimator_name")},
+                 "K": (int, {"minimum": 1}), "seed": (int, {"minimum": 0, "maximum": SEED_MAX})}
+        for key, (hint, meta) in rules.items():
+            _check_range(_check_value(d[key], hint, f"cell.{key}"), meta, f"cell.{key}")
+        for key in ("dataset_options", "model_options", "objective_options", "estimator_options"):
+            if not isinstance(d.get(key, {}), dict):
+                raise LvmbenchError(f"cell.{key}: expected a mapping of options, got {d[key]!r}")
+            check_finite(d.get(key, {}), f"cell.{key}")
         return cls(**d)

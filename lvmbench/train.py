@@ -26,7 +26,7 @@ import math
 import os
 import sys
 import time
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Iterator
 
@@ -45,7 +45,7 @@ from lvmbench.models.base import fast_distributions
 from lvmbench.objectives import Objective, make_objective
 from lvmbench.progress import Progress
 from lvmbench.rng import forked_rng, stream_seed
-from lvmbench.runs import RunDir, build
+from lvmbench.runs import RunDir, build, watch_parent
 from lvmbench.settings import Cell, TrainSettings
 
 CURVE_COLUMNS = ["step", "epoch", "bound", "lr", "time"]
@@ -58,8 +58,10 @@ COMPILE_MODES = {"cuda": "reduce-overhead", "cpu": None}
 #: of training; on a GPU, where CUDA graphs remove the launch latency, after a few thousand
 #: steps (an estimate: no GPU was available when this was written).
 COMPILE_AFTER_STEPS = {"cpu": 50_000, "cuda": 2_000}
-#: the layout of checkpoint.pt; a checkpoint of another layout is not resumed
+#: the layout of checkpoint.pt (its format number and keys); another layout is not resumed
 CHECKPOINT_FORMAT = 2
+CHECKPOINT_KEYS = ("cell", "model", "estimator", "optimizer", "step", "rows", "window", "elapsed", "status",
+                   "diverged_at")
 
 
 @contextmanager
@@ -272,6 +274,15 @@ class Minibatches:
         return xb
 
 
+def build_member(cell: Cell, data: Dataset) -> tuple[LatentVariableModel, Estimator]:
+    """A member's model (:func:`lvmbench.runs.build`) and estimator, each initialised from its
+    own stream of the cell's seed (the estimator's from ``estimator_init``: NVIL's baseline)."""
+    model = build(cell, data)
+    with forked_rng(torch.device("cpu"), stream_seed(cell.seed, "estimator_init")):
+        estimator = make_estimator(cell.estimator_name, data.dim, **cell.estimator_options)
+    return model, estimator
+
+
 def _check_bundle(cells: list[Cell], outs: list[Path]) -> None:
     if not cells or len(cells) != len(outs):
         raise LvmbenchError("a bundle needs one run directory per cell")
@@ -305,6 +316,15 @@ def train_bundle(cells: list[Cell], outs: list[str | Path], progress: bool = Tru
     _check_bundle(cells, [r.path for r in runs])
     for cell, run in zip(cells, runs):
         run.check_path(cell)
+    watch_parent()
+    with ExitStack() as held:  # every member's directory, locked for the trainer
+        for run in runs:
+            held.enter_context(run.lock("train"))
+        return _train_bundle(cells, runs, progress, device, data_dir, compile)
+
+
+def _train_bundle(cells: list[Cell], runs: list[RunDir], progress: bool, device: torch.device | str | None,
+                  data_dir: str | None, compile: bool | str | None) -> list[dict]:
     device = device if isinstance(device, torch.device) else pick_device(device)
     first = cells[0]
     data = load_dataset(first.dataset, data_dir, **first.dataset_options)
@@ -315,8 +335,8 @@ def train_bundle(cells: list[Cell], outs: list[str | Path], progress: bool = Tru
     x_train = data.train.to(device)  # resident on the device for the whole run
     states = []
     for cell, run in zip(cells, runs):
-        build(cell, data)  # refuses a cell that cannot run, before anything is written
-        state = run.resume_state(cell, CHECKPOINT_FORMAT)
+        model, estimator = build_member(cell, data)  # refuses a cell that cannot run, before anything is written
+        state = run.resume_state(cell, (CHECKPOINT_FORMAT, CHECKPOINT_KEYS), model, estimator, snapshot_steps(t, n))
         if state is None:
             run.clear_snapshots()
         run.write_cell(cell)
@@ -354,9 +374,7 @@ def _train_group(cells: list[Cell], runs: list[RunDir], states: list[dict | None
     objective = make_objective(first.objective_name, **first.objective_options)
     members: list[Member] = []
     for cell, state in zip(cells, states):
-        model = build(cell, data)
-        with forked_rng(torch.device("cpu"), stream_seed(cell.seed, "estimator_init")):  # e.g. NVIL's baseline net
-            estimator = make_estimator(cell.estimator_name, data.dim, **cell.estimator_options)
+        model, estimator = build_member(cell, data)
         if state is not None:
             model.load_state_dict(state["model"])
             estimator.load_state_dict(state["estimator"])

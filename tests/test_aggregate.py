@@ -1,8 +1,9 @@
 """Tests of lvmbench.aggregate and lvmbench.plots on tiny real runs made through the CLI.
 
 Three gmm2d cells (two seeds at K=2, one at K=1) and one gaussian_toy cell are trained,
-evaluated and measured with ``lvmbench.cli.main``; two copies are then doctored: one
-with a NaN test log p(x) and one without train.json (training never finished).
+evaluated and measured with ``lvmbench.cli.main``; two more are then doctored: a third
+seed of the K=2 cell with a NaN test log p(x), and a second gaussian_toy seed without
+train.json (training never finished).
 """
 
 import json
@@ -22,6 +23,8 @@ CELLS = {
     "gmm_k2_s1": ("gmm2d", "gmm", 2, "score", 1),
     "gmm_k1_s0": ("gmm2d", "gmm", 1, "score", 0),
     "lg_k2_s0": ("gaussian_toy", "linear_gaussian", 2, "reparam", 0),
+    "gmm_k2_s7_nan": ("gmm2d", "gmm", 2, "score", 7),  # its metric is made NaN below
+    "lg_k2_s3_untrained": ("gaussian_toy", "linear_gaussian", 2, "reparam", 3),  # its train.json is removed
 }
 
 
@@ -41,16 +44,10 @@ def runs(tmp_path_factory):
         assert main(["evaluate", run, "--K-eval", "50", "--k-grid", "1,5,50", "--n-test", "100", "--quiet"]) == 0
         assert main(["gradvar", run, "--draws", "5", "--estimators", estimator, "--quiet"]) == 0
         dirs.append(root / name)
-    bad = root / "gmm_k2_s7_nan"  # a third seed of the K=2 cell whose metric is NaN
-    shutil.copytree(root / "gmm_k2_s0", bad)
-    _edit_json(bad / "cell.json", seed=7)
-    _edit_json(bad / "eval.json", log_px=math.nan)
-    unfinished = root / "lg_k2_s3_untrained"
-    shutil.copytree(root / "lg_k2_s0", unfinished)
-    _edit_json(unfinished / "cell.json", seed=3)
+    _edit_json(root / "gmm_k2_s7_nan" / "eval.json", log_px=math.nan)
     for f in ("train.json", "eval.json", "gradvar.csv"):
-        (unfinished / f).unlink()
-    return [*dirs, bad, unfinished]
+        (root / "lg_k2_s3_untrained" / f).unlink()
+    return dirs
 
 
 @pytest.fixture(scope="module")
@@ -113,3 +110,27 @@ def test_plot_all_writes_png_and_pdf(tables, runs, tmp_path):
         png, pdf = tmp_path / "figs" / f"{name}.png", tmp_path / "figs" / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000
         assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 1000
+
+
+@pytest.mark.parametrize("edit", ["cell.json seed", "eval.json of another cell", "checkpoint of another cell",
+                                  "truncated train.json", "empty gradvar.csv"])
+def test_a_directory_whose_records_disagree_is_refused(runs, tmp_path, capsys, edit):
+    """A hand-edited cell.json, or a file copied from another cell, would give a row whose
+    label disagrees with its numbers; a truncated or empty record would end in a traceback.
+    aggregate stops with one line naming the file, and writes no table."""
+    copy = tmp_path / "copy"
+    shutil.copytree(runs[0], copy)
+    if edit == "cell.json seed":
+        _edit_json(copy / "cell.json", seed=5)
+    elif edit == "eval.json of another cell":
+        shutil.copy(runs[1] / "eval.json", copy / "eval.json")
+    elif edit == "checkpoint of another cell":
+        shutil.copy(runs[1] / "checkpoint.pt", copy / "checkpoint.pt")
+    elif edit == "truncated train.json":
+        (copy / "train.json").write_text((copy / "train.json").read_text()[:20])
+    else:
+        (copy / "gradvar.csv").write_text("")
+    assert main(["aggregate", str(copy), "--out", str(tmp_path / "tables")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err and str(copy) in err, err
+    assert not (tmp_path / "tables").exists()

@@ -53,7 +53,7 @@ def test_registry_specs_are_consistent():
         assert (spec.image_shape == (28, 28)) == (spec.kind == "binary_image")
         assert ("download" in spec.options) == (not spec.offline)
         assert entry.capabilities() == {"kind": spec.kind, "binarize": spec.binarize, "dim": spec.dim,
-                                        "offline": spec.offline}
+                                        "offline": spec.offline, "sizes": spec.sizes}
 
 
 @pytest.mark.parametrize("name", [e.name for e in DATASETS if e.obj.offline])
@@ -63,6 +63,16 @@ def test_offline_datasets_load_with_declared_capabilities(name):
     assert d.dim == spec.dim == d.test.shape[1]
     assert d.train.dtype == d.test.dtype == torch.float32
     assert (d.kind, d.binarize, d.image_shape) == (spec.kind, spec.binarize, spec.image_shape)
+    assert (len(d.train), len(d.test), d.dim) == spec.shape({})  # the sizes the planner checks against
+
+
+def test_declared_sizes_follow_the_options():
+    assert DATASETS["gmm2d"].obj.shape({"n_train": 7, "n_test": 3}) == (7, 3, 2)
+    assert DATASETS["gaussian_toy"].obj.shape({"dim": 5}) == (1024, 1024, 5)
+    assert DATASETS["binarized_mnist"].obj.shape({"with_valid": True}) == (60000, 10000, 784)
+    d = load_dataset("gaussian_toy", n_train=9, n_test=4, dim=3)
+    assert (len(d.train), len(d.test), d.dim) == DATASETS["gaussian_toy"].obj.shape({"n_train": 9, "n_test": 4,
+                                                                                     "dim": 3})
 
 
 def test_unknown_name_lists_valid_names():
@@ -151,6 +161,7 @@ def test_mnist5k_offline_split():
 def test_mnist_from_shared_copy():
     d = load_dataset("mnist", data_dir=SHARED)
     assert d.train.shape == (59600, 784) and d.test.shape == (10000, 784)
+    assert (*d.train.shape[:1], *d.test.shape) == DATASETS["mnist"].obj.shape({})
     assert d.train.dtype == torch.float32 and (d.kind, d.binarize) == ("binary_image", "dynamic")
     assert 0 <= d.train.min() and d.train.max() == 1 and 0 <= d.test.min() and d.test.max() == 1
     # Burda's split keeps the first 59,600 training images in order.
@@ -167,6 +178,7 @@ def test_binarized_mnist_from_shared_copy():
     assert set(d.train.unique().tolist()) == {0.0, 1.0} == set(d.test.unique().tolist())
     with_valid = load_dataset("binarized_mnist", data_dir=SHARED, with_valid=True)
     assert with_valid.train.shape == (60000, 784) and torch.equal(with_valid.train[:50000], d.train)
+    assert (*with_valid.train.shape[:1], *d.test.shape) == DATASETS["binarized_mnist"].obj.shape({"with_valid": True})
 
 
 def _write_chardata(path: Path, n_train: int, n_test: int, rng: np.random.RandomState):

@@ -205,3 +205,69 @@ def test_gpu_slots_spread_jobs_and_never_double_book(tmp_path, capsys):
     finally:
         for proc, _ in jobs:
             proc.kill()
+
+
+# ---------------------------------------------------------------------------------------
+# locked run directories
+# ---------------------------------------------------------------------------------------
+def _holding(run: Path, command: str) -> subprocess.Popen:
+    """A process holding ``run``'s lock for ``command`` until it is killed."""
+    script = ("import sys, time; from lvmbench.runs import RunDir\n"
+              "with RunDir(sys.argv[1]).lock(sys.argv[2]):\n    print('held', flush=True); time.sleep(120)")
+    proc = subprocess.Popen([sys.executable, "-c", script, str(run), command], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _refused(argv: list[str], capsys, *words: str) -> str:
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1 and "is in use by" in err, err
+    assert all(w in err for w in words), err
+    return err
+
+
+@pytest.mark.slow
+def test_a_second_trainer_stops_naming_the_one_training(tmp_path, capsys):
+    """Two trainers of one run directory (a rerun after `snakemake --unlock`, or two working
+    directories sharing one results path): the second stops at once, naming the first's pid,
+    host and command; so does a measurement. The lock goes with the process that held it."""
+    import fcntl
+    import socket
+
+    run = tmp_path / "run"
+    cell = {**CELL, "train": {**CELL["train"], "steps": 10 ** 7, "checkpoint_every": 10 ** 6}}
+    first = subprocess.Popen([sys.executable, "-m", "lvmbench", "train", "--quiet", "--cell", json.dumps(cell),
+                              "--out", str(run)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + 120
+        while not (run / ".lock").exists() or not (run / ".lock").read_text():
+            assert first.poll() is None and time.time() < deadline, "the first trainer did not start"
+            time.sleep(0.05)
+        err = _refused(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(run)], capsys,
+                       f"pid {first.pid} on {socket.gethostname()} (lvmbench train {run}")
+        assert "wait for it to finish or stop it" in err
+        _refused(["evaluate", str(run), "--quiet"], capsys, f"pid {first.pid}")
+    finally:
+        first.kill()
+        first.wait()
+    with open(run / ".lock") as handle:  # released by the kernel with the process
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+
+
+@pytest.mark.slow
+def test_measurements_share_a_run_but_not_with_a_trainer_or_themselves(tmp_path, capsys):
+    """evaluate and gradvar run side by side on one run; a second evaluate, or a trainer,
+    stops naming the evaluation that holds it."""
+    run = tmp_path / "run"
+    cell = {**CELL, "train": {**CELL["train"], "steps": 10}}
+    train(Cell.from_dict(cell), run, progress=False)
+    holder = _holding(run, "evaluate")
+    try:
+        _refused(["evaluate", str(run), "--quiet", "--K-eval", "4", "--k-grid", "1,4"], capsys, f"pid {holder.pid}")
+        assert main(["gradvar", str(run), "--quiet", "--draws", "2", "--batch-size", "4"]) == 0
+        _refused(["train", "--quiet", "--cell", json.dumps(cell), "--out", str(run)], capsys, f"pid {holder.pid}")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["evaluate", str(run), "--quiet", "--K-eval", "4", "--k-grid", "1,4"]) == 0

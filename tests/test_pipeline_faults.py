@@ -1,4 +1,5 @@
-"""Faults at the level of the workflow: a run that diverges to NaN mid-training.
+"""Faults at the level of the workflow: a run that diverges to NaN mid-training, and a
+trainer whose Snakemake is killed.
 
 tests/test_faults.py covers the runner (lvmbench train) alone: SIGKILL and resume,
 damaged checkpoints, an injected NaN, out-of-memory retries; tests/test_bundles.py a member
@@ -10,12 +11,20 @@ recorded as such, every other job finishes, and the tables say so without a NaN.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import math
+import os
+import shutil
+import signal
+import subprocess
+import time
 
 import pandas as pd
 import pytest
-from test_pipeline import snakemake, workdir_with
+from test_pipeline import SNAKEFILE, snakemake, workdir_with
+
+from lvmbench.runs import _start_time
 
 pytestmark = pytest.mark.slow
 
@@ -81,3 +90,42 @@ def test_no_nan_reaches_a_table_and_the_row_says_diverged(diverged):
         table = pd.read_csv(tables / f"{name}.csv")
         assert not table.cell.str.startswith("diverge/").any(), name
         assert table.select_dtypes("number").notna().all().all(), name
+
+
+def test_a_trainer_whose_snakemake_died_stops(tmp_path):
+    """SIGKILL of Snakemake leaves its job's shell and trainer behind; the trainer watches the
+    Snakemake process that started it (lvmbench.runs.watch_parent) and stops within seconds,
+    saying why in its log, so no orphan keeps writing the run directory and its lock is free."""
+    if shutil.which("snakemake") is None:
+        pytest.skip("snakemake is not installed")
+    config = {**CONFIG, "train": {**CONFIG["train"], "steps": 10 ** 8, "checkpoint_every": 10 ** 7},
+              "experiments": {"fine": AXES}}
+    work = workdir_with(tmp_path, config)
+    run = work / "results" / "runs" / GOOD
+    snake = subprocess.Popen(["snakemake", "--snakefile", str(SNAKEFILE), "--directory", str(work), "--cores", "1"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    trainer = None
+    try:
+        deadline = time.time() + 180
+        while trainer is None:
+            text = (run / ".lock").read_text() if (run / ".lock").exists() else ""
+            if text.startswith("pid "):
+                trainer = int(text.split()[1])
+            assert snake.poll() is None and time.time() < deadline, "the trainer did not start"
+            time.sleep(0.1)
+        snake.kill()
+        snake.wait()
+        deadline = time.time() + 30
+        while _start_time(trainer) is not None:
+            assert time.time() < deadline, "the orphaned trainer is still running"
+            time.sleep(0.2)
+        trainer = None
+    finally:
+        if snake.poll() is None:
+            snake.kill()
+        if trainer is not None and _start_time(trainer) is not None:
+            os.kill(trainer, signal.SIGKILL)
+    assert f"the Snakemake process {snake.pid} that started this job is gone; stopping" in (
+        work / "results" / "logs" / "train" / f"{GOOD}.log").read_text()
+    with open(run / ".lock") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -95,3 +95,70 @@ def test_an_older_checkpoint_restarts_training(trained, tmp_path, capsys):
     assert train(cell, copy, progress=False, device="cpu")["steps"] == 4
     assert "belongs to another configuration (it differs in device, eval)" in capsys.readouterr().err
     assert torch.load(copy / "checkpoint.pt", weights_only=False)["cell"] == cell.to_dict()
+
+
+# ---------------------------------------------------------------------------------------
+# resuming: only from a checkpoint that can resume, and never losing a snapshot
+# ---------------------------------------------------------------------------------------
+def _copy_unfinished(run, tmp_path, cell):
+    copy = tmp_path / "runs" / cell.id
+    shutil.copytree(run, copy)
+    (copy / "train.json").unlink()
+    return copy
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda state: state.pop("optimizer"), "older format (it has no optimizer)"),
+    (lambda state: state["model"].update(loc=torch.zeros(7, 2)), "another model architecture (the shape of loc"),
+    (lambda state: state["model"].pop("loc"), "another model architecture (it differs in loc)"),
+    (lambda state: state.update(estimator=[1]), "holds no estimator state"),
+], ids=["older format", "another shape", "another parameter set", "no estimator state"])
+def test_a_checkpoint_that_cannot_resume_restarts_cleanly(trained, tmp_path, capsys, damage, reason):
+    """An older-format checkpoint, or one of another architecture, restarts training (with
+    the reason on stderr) instead of ending in KeyError or RuntimeError."""
+    cell, run = trained
+    copy = _copy_unfinished(run, tmp_path, cell)
+    state = torch.load(copy / "checkpoint.pt", weights_only=False)
+    damage(state)
+    torch.save(state, copy / "checkpoint.pt")
+    assert train(cell, copy, progress=False, device="cpu")["steps"] == 4
+    assert reason in capsys.readouterr().err
+    fresh, again = torch.load(run / "checkpoint.pt", weights_only=False), torch.load(copy / "checkpoint.pt",
+                                                                                      weights_only=False)
+    assert all(torch.equal(fresh["model"][k], again["model"][k]) for k in fresh["model"])
+
+
+def test_deleting_snapshots_and_retraining_keeps_every_snapshot(trained, tmp_path, capsys):
+    """A resumed run never writes the snapshots before its step again, so a checkpoint whose
+    earlier snapshots are gone restarts, and the step-0 snapshot comes back bit-identical."""
+    cell, run = trained
+    copy = tmp_path / "runs" / cell.id
+    shutil.copytree(run, copy)
+    shutil.rmtree(copy / "snapshots")
+    (copy / "train.json").unlink()
+    train(cell, copy, progress=False, device="cpu")
+    assert "the snapshot of step 0 is gone; starting afresh" in capsys.readouterr().err
+    assert [p.name for p in RunDir(copy).snapshots()] == [p.name for p in RunDir(run).snapshots()]
+    for a, b in zip(RunDir(run).snapshots(), RunDir(copy).snapshots()):
+        sa, sb = torch.load(a, weights_only=False), torch.load(b, weights_only=False)
+        assert all(torch.equal(sa["model"][k], sb["model"][k]) for k in sa["model"])
+
+
+def test_training_removes_the_temporary_files_of_killed_writers(trained, tmp_path):
+    cell, run = trained
+    copy = _copy_unfinished(run, tmp_path, cell)
+    stale = [copy / ".checkpoint.pt.k3j2.tmp", copy / "snapshots" / ".step00000002.pt.x8.tmp"]
+    for path in stale:
+        path.write_bytes(b"half a checkpoint")
+    train(cell, copy, progress=False, device="cpu")
+    assert not any(path.exists() for path in stale)
+
+
+def test_evaluating_an_unfinished_run_is_refused(trained, tmp_path):
+    cell, run = trained
+    copy = _copy_unfinished(run, tmp_path, cell)
+    with pytest.raises(LvmbenchError, match="training has not finished"):
+        load_trained(copy)
+    (copy / "train.json").write_text(json.dumps({"cell": Cell.from_dict({**SPEC, "seed": 9}).id}))
+    with pytest.raises(LvmbenchError, match="train.json is of the cell .*seed9"):
+        load_trained(copy)

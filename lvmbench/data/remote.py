@@ -5,10 +5,15 @@ Files are looked up in a data directory (``root/<subdir>`` first, then ``root``)
 downloaded from their mirrors in order when missing (unless ``LVMBENCH_OFFLINE=1`` or
 ``download=False``), and verified against :data:`CHECKSUMS` before every use; a verified
 digest is cached in a ``<file>.verified`` sidecar keyed on the file's size and mtime.
+The sidecar spares the training and measurement jobs a rehash; ``lvmbench prepare``
+verifies the content itself (:func:`rechecked`), so a file corrupted in place with its
+size and mtime kept is caught before any run uses it. A file that cannot be read gets
+advice that fits the cause (:func:`unreadable`).
 """
 
 from __future__ import annotations
 
+import contextvars
 import gzip
 import hashlib
 import http.client
@@ -17,7 +22,9 @@ import os
 import pathlib
 import urllib.request
 import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Iterator
 
 from tqdm.auto import tqdm
 
@@ -113,12 +120,27 @@ def _record_digest(path: pathlib.Path, algorithm: str, digest: str) -> None:
         pass
 
 
+_RECHECK = contextvars.ContextVar("recheck", default=False)
+
+
+@contextmanager
+def rechecked() -> Iterator[None]:
+    """Within this block every file's content is hashed again, whatever its sidecar says
+    (``lvmbench prepare``: a file may be corrupted in place with its size and mtime kept)."""
+    token = _RECHECK.set(True)
+    try:
+        yield
+    finally:
+        _RECHECK.reset(token)
+
+
 def _cached_digest(path: pathlib.Path, algorithm: str, decompress: bool) -> str:
-    """The file's digest, from its sidecar when size and mtime still match, else computed."""
+    """The file's digest, from its sidecar when size and mtime still match (outside
+    :func:`rechecked`), else computed."""
     stamp = _stamp(path, algorithm)
     try:
         cached = json.loads(_sidecar(path).read_text())
-        if {k: cached[k] for k in stamp} == stamp:
+        if not _RECHECK.get() and {k: cached[k] for k in stamp} == stamp:
             return cached["digest"]
     except (OSError, ValueError, KeyError, TypeError):
         pass
@@ -127,14 +149,35 @@ def _cached_digest(path: pathlib.Path, algorithm: str, decompress: bool) -> str:
     return digest
 
 
+def unreadable(path: pathlib.Path, err: Exception, expected: str = "") -> DatasetError:
+    """The one-line error for a data file that cannot be read, with advice that fits the
+    cause: permissions are fixed by making the file readable, corruption by a new copy
+    (``expected`` names the checksum it must have)."""
+    if isinstance(err, PermissionError):
+        return DatasetError(f"{path}: cannot read it (permission denied); make it readable (chmod a+r) or set "
+                            f"data_dir / $LVMBENCH_DATA to a directory holding a readable copy")
+    if isinstance(err, IsADirectoryError):
+        return DatasetError(f"{path}: is a directory, not a data file; remove it or move it aside")
+    if isinstance(err, OSError) and not isinstance(err, gzip.BadGzipFile) and err.errno is not None:
+        return DatasetError(f"{path}: cannot read it ({err.strerror})")
+    return DatasetError(f"{path}: cannot read it, it is corrupt or truncated ({type(err).__name__}: "
+                        f"{' '.join(str(err).split()) or 'no details'}){expected and '; expected ' + expected}; "
+                        f"delete it to download it again")
+
+
+@contextmanager
+def reading(path: pathlib.Path, expected: str = "") -> Iterator[None]:
+    """Turn the errors of reading a data file into one line (:func:`unreadable`)."""
+    try:
+        yield
+    except (OSError, EOFError, zlib.error, ValueError) as err:
+        raise unreadable(path, err, expected) from None
+
+
 def _verify(path: pathlib.Path, remote: RemoteFile) -> None:
     what = f"{remote.algorithm} of the uncompressed content" if path.name != remote.name else remote.algorithm
-    try:
+    with reading(path, f"{what} {remote.expected}"):
         found = _cached_digest(path, remote.algorithm, decompress=path.name != remote.name)
-    except (OSError, EOFError, zlib.error) as e:
-        raise DatasetError(
-            f"{path}: cannot read ({e}); expected {what} {remote.expected}; delete it to download it again"
-        ) from None
     if found != remote.expected:
         raise DatasetError(
             f"{path}: checksum mismatch (corrupt or truncated?), expected {what} {remote.expected}, "

@@ -72,7 +72,7 @@ def make_estimator(name: str, x_dim: int | None = None, **options) -> Estimator:
     takes_x_dim = "x_dim" in inspect.signature(cls).parameters
     try:
         return cls(x_dim, **options) if takes_x_dim else cls(**options)
-    except ValueError as err:
+    except (TypeError, ValueError) as err:  # an option of the wrong type or out of its range
         raise LvmbenchError(f"estimator {name}: {err}") from None
 
 

@@ -53,6 +53,8 @@ class ScoreBaseline(Estimator):
 
     def __init__(self, x_dim: int, hidden: int = 100, momentum: float = 0.9):
         super().__init__()
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum!r}")
         self.net = mlp([x_dim, hidden, 1])
         self.momentum = momentum
         self.register_buffer("signal_var", torch.ones(()))

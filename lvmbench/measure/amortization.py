@@ -54,7 +54,7 @@ from lvmbench.io import save_csv, save_json
 from lvmbench.models.base import LatentVariableModel, log_weights
 from lvmbench.objectives import Objective, grouped_iwae, make_objective
 from lvmbench.rng import forked_rng
-from lvmbench.runs import RunDir, load_trained
+from lvmbench.runs import RunDir, holds_run, load_trained
 from lvmbench.settings import AmortizeSettings, Cell
 from lvmbench.stats import log_mean_exp, mean_se
 
@@ -311,6 +311,7 @@ def default_objective(cell: Cell) -> Objective:
     return make_objective("elbo")
 
 
+@holds_run("amortize")
 def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(),
                  device: torch.device | str | None = None, data_dir: str | None = None,
                  out: str | Path | None = None, progress: bool = True) -> dict:

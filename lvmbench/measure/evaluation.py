@@ -29,7 +29,7 @@ from lvmbench.errors import LvmbenchError
 from lvmbench.io import save_json
 from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights
 from lvmbench.rng import forked_rng
-from lvmbench.runs import RunDir, load_trained
+from lvmbench.runs import RunDir, holds_run, load_trained
 from lvmbench.settings import EvalSettings
 from lvmbench.stats import log_mean_exp, mean_se
 
@@ -229,6 +229,7 @@ def summarize(est: PointEstimates, threshold: float = 3.0) -> dict:
 
 
 
+@holds_run("evaluate")
 def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), device: torch.device | str | None = None,
                  data_dir: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
     """Evaluate a trained run with ``settings`` and write ``eval.json`` (or ``out``), which

@@ -27,7 +27,7 @@ from lvmbench.io import save_csv
 from lvmbench.models.base import LatentVariableModel, fast_distributions
 from lvmbench.objectives import Objective, make_objective
 from lvmbench.rng import forked_rng
-from lvmbench.runs import RunDir, load_trained
+from lvmbench.runs import RunDir, holds_run, load_trained
 from lvmbench.settings import GradvarSettings
 
 
@@ -111,6 +111,7 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
     return pd.DataFrame(rows)
 
 
+@holds_run("gradvar")
 def gradvar_run(run: str | Path, settings: GradvarSettings = GradvarSettings(),
                 device: torch.device | str | None = None, data_dir: str | None = None,
                 out: str | Path | None = None, progress: bool = True) -> pd.DataFrame:

@@ -60,6 +60,8 @@ class LinearGaussian(LatentVariableModel):
             raise ValueError("decoder='identity' needs z_dim == x_dim")
         if decoder not in ("identity", "linear"):
             raise ValueError(f"decoder must be 'identity' or 'linear', got {decoder!r}")
+        if q_scale is not None and not q_scale > 0:
+            raise ValueError(f"q_scale must be > 0 or null (learned), got {q_scale!r}")
         self.latent_sizes = (z_dim,)
         learn = decoder == "linear"
         self.mu = nn.Parameter(torch.zeros(z_dim))

@@ -37,6 +37,8 @@ class VQVAE(EnumerableLatents):
     def __init__(self, x_dim: int, positions: int = 16, codebook: int = 64, dim: int = 16,
                  hidden: list[int] | None = None, beta: float = 0.25):
         super().__init__()
+        if not beta >= 0:
+            raise ValueError(f"beta (the commitment weight) must be >= 0, got {beta!r}")
         hidden = list(hidden or [512, 256])
         self.P, self.C, self.D, self.beta = positions, codebook, dim, beta
         self.latent_sizes = (positions,)

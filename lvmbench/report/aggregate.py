@@ -1,7 +1,10 @@
 """Collect run directories into tidy results tables (CSV, Markdown, LaTeX).
 
 ``aggregate(runs, out)`` reads each run's cell.json, train.json, eval.json and
-gradvar.csv and writes into ``out``:
+gradvar.csv, after checking that each of them is of the cell its cell.json names (a
+hand-edited or copied file is refused with one line, never shown under another cell's
+label), and replaces ``out`` as a whole with (nothing is replaced when a write fails,
+e.g. on a full disk):
 
 * ``summary.csv``: one row per run (with the amortization gap where ``lvmbench amortize`` ran) (a run not yet evaluated keeps a row of NaNs),
   with a ``status`` column: ``ok``, ``not trained`` (no train.json), ``not evaluated``
@@ -28,7 +31,7 @@ import numpy as np
 import pandas as pd
 
 from lvmbench.errors import LvmbenchError
-from lvmbench.io import atomic_write, save_csv
+from lvmbench.io import atomic_write, replace_dir, save_csv
 from lvmbench.report.paper import describe_schedule, published_table
 from lvmbench.runs import RunDir
 
@@ -53,8 +56,9 @@ def _warn(message: str) -> None:
 
 
 def read_cell(run: str | Path) -> dict:
-    """The run's training spec as a dict with its ``cell`` id and ``run`` path added."""
-    cell = RunDir(run).read_cell()
+    """The run's training spec as a dict with its ``cell`` id and ``run`` path added, once
+    every record of the directory is known to be of that cell (:meth:`RunDir.check_records`)."""
+    cell = RunDir(run).check_records()
     return {**cell.to_dict(), "cell": cell.id, "run": str(run)}
 
 
@@ -202,8 +206,28 @@ def _display_summary(grouped: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-def _write_text(text: str, path: Path) -> None:
-    atomic_write(path, lambda p: p.write_text(text))
+TABLE_SUFFIXES = (".csv", ".md", ".tex")
+
+
+def _check_out(out: Path) -> None:
+    """The tables directory is replaced as a whole (:func:`lvmbench.io.replace_dir`), so it
+    may hold nothing but tables: anything else there would be lost."""
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise LvmbenchError(f"the tables directory {out} is a file")
+    foreign = sorted(p.name for p in out.iterdir() if p.is_dir() or p.suffix not in TABLE_SUFFIXES)
+    if foreign:
+        raise LvmbenchError(f"the tables directory {out} holds {foreign[0]}, which aggregate does not write; the "
+                            f"set of tables replaces the directory as a whole, so give it a directory of its own")
+
+
+def _write_all(files: dict[str, pd.DataFrame | str], directory: Path) -> None:
+    for name, content in files.items():
+        if isinstance(content, pd.DataFrame):
+            save_csv(content, directory / name)
+        else:
+            atomic_write(directory / name, lambda p, text=content: p.write_text(text))
 
 
 def _fmt(df: pd.DataFrame, digits: str = ".3g") -> pd.DataFrame:
@@ -229,20 +253,22 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
     if not runs:
         raise LvmbenchError("no run directories given")
     out = Path(out)
+    _check_out(out)
     tables = collect(runs)
     summary = tables["summary"]
     tables["summary_grouped"] = grouped = group_seeds(summary)
     tables["gradvar_final"] = gv = gradvar_table(tables["gradvar"])
-    for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "gradvar"):
-        save_csv(tables[name], out / f"{name}.csv")
-    _write_text(_summary_md(summary, grouped), out / "summary.md")
-    _write_text(render(_display_summary(grouped), "tex"), out / "summary.tex")
+    files: dict[str, pd.DataFrame | str] = {
+        f"{name}.csv": tables[name]
+        for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "gradvar")}
+    files["summary.md"] = _summary_md(summary, grouped)
+    files["summary.tex"] = render(_display_summary(grouped), "tex")
 
     order = tables["ordering"]
-    _write_text(f"# Bound ordering\n\n{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} "
-                f"evaluated runs pass L_k <= L_k' <= log p(x) (a check fails when z < -threshold).\n\n"
-                + render(_fmt(order[["cell", "passed", "worst", "worst_z", "threshold", "n_checks", "n_failed"]])),
-                out / "ordering.md")
+    files["ordering.md"] = (
+        f"# Bound ordering\n\n{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} "
+        f"evaluated runs pass L_k <= L_k' <= log p(x) (a check fails when z < -threshold).\n\n"
+        + render(_fmt(order[["cell", "passed", "worst", "worst_z", "threshold", "n_checks", "n_failed"]])))
 
     gv_text = ("# Gradient signal-to-noise ratio and variance\n\nAt each run's final snapshot; mean over the "
                "runs of each (experiment, dataset, model, trained objective, K): seeds and training "
@@ -251,7 +277,7 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
     if "skipped" in raw and raw.skipped.notna().any():
         gone = raw[raw.skipped.notna()].drop_duplicates(["estimator", "skipped"])
         gv_text += "\n## Estimators not measured\n\n" + render(gone[["estimator", "K", "skipped"]])
-    _write_text(gv_text, out / "gradvar.md")
+    files["gradvar.md"] = gv_text
 
     if skipped is not None:
         if not Path(skipped).exists():
@@ -260,16 +286,18 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
             tables["skipped"] = sk = pd.read_csv(skipped)
         except pd.errors.EmptyDataError:
             tables["skipped"] = sk = pd.DataFrame(columns=SKIPPED_COLUMNS)
-        save_csv(sk, out / "skipped.csv")
-        _write_text(f"# Skipped combinations\n\n{len(sk)} combinations were not run.\n\n"
-                    + (render(sk) if len(sk) else ""), out / "skipped.md")
+        files["skipped.csv"] = sk
+        files["skipped.md"] = (f"# Skipped combinations\n\n{len(sk)} combinations were not run.\n\n"
+                               + (render(sk) if len(sk) else ""))
     if published:
         tables["published"] = pub = published_table(published, summary, tables["gradvar"])
-        save_csv(pub, out / "published.csv")
         hits = pub.within_tolerance.dropna()
-        _write_text(f"# Published vs reproduced\n\n{int(hits.sum())} of {len(hits)} reproduced numbers lie within "
-                    f"the stated tolerance of the published ones ({len(pub) - len(hits)} not run). "
-                    "difference = reproduced mean - published.\n\n" + render(_fmt(pub, ".5g")), out / "published.md")
+        files["published.csv"] = pub
+        files["published.md"] = (
+            f"# Published vs reproduced\n\n{int(hits.sum())} of {len(hits)} reproduced numbers lie within "
+            f"the stated tolerance of the published ones ({len(pub) - len(hits)} not run). "
+            "difference = reproduced mean - published.\n\n" + render(_fmt(pub, ".5g")))
+    replace_dir(out, lambda directory: _write_all(files, directory))
     n_bad = int((summary.status != "ok").sum())
     print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"
           + (f", {n_bad} flagged (see summary.csv status)" if n_bad else "") + f" -> {out}", file=sys.stderr)

@@ -1,10 +1,11 @@
 """Config validation, the plan of cells, and the lookups the rules use.
 
-No benchmark logic lives here: the schema checks the config's shape and types,
-lvmbench.grid.plan expands the axes into valid cells (and the skipped ones with
-reasons) with each cell's measurement settings, and the functions below map a wildcard
-to what one rule needs. A bad config stops the workflow with one line, before any job
-starts.
+No benchmark logic lives here: lvmbench.grid.plan is the one validator of a config
+(the schema, the registries, the ranges and sizes: `lvmbench plan` calls the same
+function, so both accept and refuse the same configs) and expands the axes into valid
+cells (and the skipped ones with reasons) with each cell's measurement settings; the
+functions below map a wildcard to what one rule needs. A bad config stops the workflow
+with one line, before any job starts.
 
 Each rule's params hold only its own part: train the training spec, evaluate the eval
 settings, gradvar the gradient-variance settings, amortize the amortization settings.
@@ -20,9 +21,6 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
-
-from snakemake.exceptions import WorkflowError
-from snakemake.utils import validate
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.grid import bundles, plan, resolve_variant
@@ -42,33 +40,17 @@ def config_error(message):
     sys.exit(f"lvmbench config error: {message}")
 
 
-def schema_path(error):
-    """experiments.demo.K[0] from a jsonschema error's path."""
-    out = "config"
-    for part in error.absolute_path:
-        out += f"[{part}]" if isinstance(part, int) else f".{part}"
-    return out
-
-
-try:  # an experiment config's variant (e.g. --config variant=short) is applied before anything else
-    _resolved = resolve_variant(config)
-except LvmbenchError as err:
-    config_error(err)
-config.clear()
-config.update(_resolved)
-
-try:
-    validate(config, "../schemas/config.schema.yaml", set_default=False)  # defaults: lvmbench.settings
-except WorkflowError as err:
-    cause = err.__cause__ or err.__context__  # the jsonschema ValidationError
-    if hasattr(cause, "absolute_path"):
-        config_error(f"{schema_path(cause)}: {cause.message}")
-    config_error(str(err).splitlines()[0])
-
 try:
     PLAN = plan(config)
 except LvmbenchError as err:
     config_error(err)
+for warning in PLAN.warnings:
+    print(f"lvmbench config warning: {warning}", file=sys.stderr)
+# the rules read the config as planned: an experiment config's variant (e.g. --config
+# variant=short) applied
+_resolved = resolve_variant(config)
+config.clear()
+config.update(_resolved)
 CELLS = {cell.id: cell for cell in PLAN.cells}  # cell id -> lvmbench.settings.Cell (the training spec)
 AMORTIZED = [cell.id for cell in PLAN.amortized()]
 
@@ -81,10 +63,13 @@ FINISHED = frozenset(c.id for c in PLAN.cells if RunDir(f"{RESULTS}/runs/{c.id}"
 BUNDLES = bundles(PLAN.cells, PLAN.workflow.bundle, FINISHED)
 # Where jobs run and find their data reach them through the environment, never through
 # params: every job (local or on a cluster node) parses this file again, so it sees them too.
+# LVMBENCH_PARENT_PID is the Snakemake process running the jobs (on a cluster node, the one
+# there): a job watches it and stops when it is gone (lvmbench.runs.watch_parent).
 os.environ.update(
     {
         "LVMBENCH_DEVICE": PLAN.workflow.device,
         "LVMBENCH_COMPILE": str(PLAN.workflow.compile).lower(),
+        "LVMBENCH_PARENT_PID": str(os.getpid()),
         **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {}),
     }
 )
@@ -98,8 +83,10 @@ wildcard_constraints:
 
 def plan_config(wildcards):
     """The config as JSON text for lvmbench plan, without the keys that only say where jobs
-    run and write (so that changing them reruns nothing)."""
-    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS}, sort_keys=True)
+    run and write (so that changing them reruns nothing) and without the published numbers,
+    which the plan does not need: PLAN checked them above against the config as given, whose
+    experiments a variant may drop (their numbers then read "not run")."""
+    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS | {"published"}}, sort_keys=True)
 
 
 def _settings_json(settings):
