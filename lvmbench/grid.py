@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import itertools
+import hashlib
 import json
 import math
 import re
@@ -230,6 +231,13 @@ class Bundle:
     def id(self) -> str:
         """The first cell's id with all the members' seeds: ``.../seed0+1+2``."""
         return self.cells[0].id.rsplit("/", 1)[0] + "/seed" + "+".join(str(c.seed) for c in self.cells)
+
+    @property
+    def key(self) -> str:
+        """A short name for the bundle that depends on its members alone (a hash of
+        :attr:`id`), never on its place in a list: a cluster job re-plans the workflow
+        when other cells may have finished, and must find its own bundle by this name."""
+        return hashlib.sha256(self.id.encode()).hexdigest()[:12]
 
     @property
     def spec(self) -> dict:

@@ -189,6 +189,18 @@ def test_bundles_group_cells_that_differ_only_in_seed():
     assert Bundle(tuple(cells[:2])).spec == {k: v for k, v in cells[0].to_dict().items() if k != "seed"}
 
 
+def test_a_bundle_keeps_its_rule_name_when_others_finish():
+    """A cluster job re-plans the workflow after other bundles finished (they then stay
+    alone): the bundle it runs must have the same key, the train rule's name, as in the
+    main process, and keys differ between bundles."""
+    cells = [cell("gmm-score", s) for s in range(5)] + [cell("gmm-vimco", 0)]
+    before = bundles(cells, 2)
+    assert len({b.key for b in before}) == len(before)
+    for done in before:
+        after = {b.key for b in bundles(cells, 2, frozenset(c.id for c in done.cells))}
+        assert {b.key for b in before if b is not done} <= after
+
+
 @pytest.mark.slow
 def test_compiled_and_eager_training_agree(tmp_path):
     """``compile: true`` (torch.compile of the batched step) trains as eager does, to float32

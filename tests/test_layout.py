@@ -18,7 +18,7 @@ LAYERS = [
     ["errors"],
     ["registry", "io", "stats", "rng", "noise", "progress", "settings", "devices", "configfile"],
     ["data"],
-    ["models", "objectives", "report.paper"],
+    ["models", "objectives", "report.paper", "report.claims"],
     ["estimators", "exact"],
     ["grid"],
     ["runs"],

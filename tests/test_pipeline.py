@@ -127,11 +127,12 @@ def test_tiny_run_covers_every_rule(tiny_run):
     listed = set(re.findall(r"^(\w+)(?: \(|$)", snakemake(tiny_run, "--list-rules").stdout, re.M))
     ran = set(re.findall(r"^(?:local)?rule (\w+):$", (tiny_run / "snakemake.log").read_text(), re.M))
     planned = plan(load(TINY_CONFIG))
-    n_bundles = len(bundles(planned.cells, planned.workflow.bundle))
-    assert n_bundles < len(planned.cells)
+    grouped = bundles(planned.cells, planned.workflow.bundle)
+    alone = bundles(planned.cells, planned.workflow.bundle, frozenset(c.id for c in planned.cells))
+    assert len(grouped) < len(planned.cells)
     others = {"prepare", "plan", "evaluate", "gradvar", "amortize", "aggregate", "plot", "all"}
-    assert ran == others | {f"train_{i}" for i in range(n_bundles)}
-    assert listed == others | {f"train_{i}" for i in range(len(planned.cells))}
+    assert ran == others | {f"train_{b.key}" for b in grouped}
+    assert listed == others | {f"train_{b.key}" for b in alone}
     summary = json.loads((tiny_run / "results" / "runs" / "snr/gaussian_toy/linear_gaussian/iwae/K2/stl/seed1"
                           / "train.json").read_text())
     assert summary["bundle"] == [0, 1]

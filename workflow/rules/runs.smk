@@ -10,15 +10,16 @@
 
 # One train rule per bundle (rules in a loop, Snakemake's way to give one job a variable
 # set of outputs): its outputs are the members' train.json, its params the training spec
-# they share, which does not change when the bundles are regrouped. Train jobs take the
-# executor's default resources (profiles/slurm sets them).
-for _index, _bundle in enumerate(BUNDLES):
+# they share, which does not change when the bundles are regrouped. A rule is named by
+# its bundle's members (Bundle.key), never by its place in the list: a cluster job
+# re-plans the workflow when other bundles may have finished (finished cells stay
+# alone), and must still find its own rule. Train jobs take the executor's default
+# resources (profiles/slurm sets them).
+for _bundle in BUNDLES:
 
     rule:
         name:
-            f"train_{_index}"
-        message:
-            f"train {_bundle.id}"
+            f"train_{_bundle.key}"
         input:
             f"{RESULTS}/data/{_bundle.cells[0].dataset}.json",
         output:
