@@ -29,12 +29,20 @@ from lvmbench.models import MODELS, LatentVariableModel, build_model
 from lvmbench.objectives import Objective, make_objective
 from lvmbench.report.paper import check_published
 from lvmbench.rng import forked_rng
-from lvmbench.settings import AmortizeSettings, Cell, EvalSettings, GradvarSettings, WorkflowSettings, build_settings
+from lvmbench.settings import (
+    AISSettings,
+    AmortizeSettings,
+    Cell,
+    EvalSettings,
+    GradvarSettings,
+    WorkflowSettings,
+    build_settings,
+)
 
 LABEL = re.compile(r"[A-Za-z0-9_.+-]+")
 EXPERIMENT_KEYS = {"datasets", "models", "objectives", "K", "estimators", "seeds", "train", "eval",
                    "gradvar", "dataset_options"}
-#: the cell fields an amortization block may match on
+#: the cell fields an amortization or ais block may match on
 MATCH_KEYS = ("experiment", "dataset", "model", "objective", "K", "estimator", "seed")
 _CPU = torch.device("cpu")
 _PROBE_DIM = 4  # data dimension of the models :func:`why_invalid` builds without a dataset
@@ -135,12 +143,14 @@ def _labelled(entries: Any, key: str, where: str) -> dict[str, tuple[str, dict]]
 
 @dataclass(frozen=True)
 class Measurements:
-    """How one trained cell is measured: its evaluation and gradient-variance settings, and
-    its amortization settings when the config's ``amortization`` block selects it."""
+    """How one trained cell is measured: its evaluation and gradient-variance settings, its
+    amortization settings when the config's ``amortization`` block selects it, and its AIS
+    settings (part of evaluation) when the ``ais`` block selects it."""
 
     eval: EvalSettings
     gradvar: GradvarSettings
     amortize: AmortizeSettings | None = None
+    ais: AISSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -158,22 +168,24 @@ class Plan:
         return [c for c in self.cells if self.measurements[c.id].amortize is not None]
 
 
-def _amortization(config: dict, cells: list[Cell]) -> tuple[AmortizeSettings | None, set[str]]:
-    """The amortization settings and the ids of the cells whose fields equal every entry of
-    the block's ``match``."""
-    block = config.get("amortization")
+def _selection(config: dict, key: str, cls: type, cells: list[Cell]) -> tuple[object | None, set[str]]:
+    """The settings of the block ``config[key]`` (``amortization``, ``ais``) and the ids of the
+    cells whose fields match every entry of its ``match``: a value, or a list of values any
+    of which may match."""
+    block = config.get(key)
     if block is None:
         return None, set()
     if not isinstance(block, dict) or not isinstance(block.get("match"), dict) or not block["match"]:
-        raise LvmbenchError("amortization: expected a mapping with a non-empty 'match' mapping")
+        raise LvmbenchError(f"{key}: expected a mapping with a non-empty 'match' mapping")
     match = block["match"]
     unknown = set(match) - set(MATCH_KEYS)
     if unknown:
-        raise LvmbenchError(f"amortization.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
-    settings = build_settings(AmortizeSettings, {k: v for k, v in block.items() if k != "match"}, "amortization")
-    chosen = {c.id for c in cells if all(str(getattr(c, k)) == str(v) for k, v in match.items())}
+        raise LvmbenchError(f"{key}.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
+    settings = build_settings(cls, {k: v for k, v in block.items() if k != "match"}, key)
+    allowed = {k: {str(x) for x in (v if isinstance(v, list) else [v])} for k, v in match.items()}
+    chosen = {c.id for c in cells if all(str(getattr(c, k)) in values for k, values in allowed.items())}
     if not chosen:
-        raise LvmbenchError(f"amortization.match {match} selects no cell of this config")
+        raise LvmbenchError(f"{key}.match {match} selects no cell of this config")
     return settings, chosen
 
 
@@ -271,7 +283,12 @@ def plan(config: dict) -> Plan:
     ids = [c.id for c in cells]
     if len(ids) != len(set(ids)):
         raise LvmbenchError("config: two experiments produce the same cell id; give them distinct names")
-    amortize, chosen = _amortization(config, cells)
-    measurements = {i: Measurements(m.eval, m.gradvar, amortize if i in chosen else None)
-                    for i, m in measurements.items()}
+    amortize, amortized = _selection(config, "amortization", AmortizeSettings, cells)
+    ais, annealed = _selection(config, "ais", AISSettings, cells)
+    continuous = {c.id for c in cells if MODELS[c.model_name].obj.latent_kind == "continuous"}
+    if annealed - continuous:
+        raise LvmbenchError(f"ais.match selects cells without continuous latents, which AIS with HMC cannot "
+                            f"anneal: {', '.join(sorted(annealed - continuous)[:3])}")
+    measurements = {i: Measurements(m.eval, m.gradvar, amortize if i in amortized else None,
+                                    ais if i in annealed else None) for i, m in measurements.items()}
     return Plan(cells, skipped, measurements, workflow)
