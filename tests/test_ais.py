@@ -10,6 +10,7 @@ AIS against L_5000. Tolerances are stated per test (z-tests at 3 or 4 SE).
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -149,3 +150,35 @@ def test_ais_on_a_trained_vae_is_at_least_L_5000(one_thread, layers):
           f"(AIS {a.log_px.mean():.2f}, L_5000 {L5000.mean():.2f}, acceptance {a.acceptance.mean():.2f})")
     assert gain > -3 * se
     assert 0.5 < a.acceptance.mean() < 0.8  # the tuning pass reaches the target acceptance (0.65)
+
+
+@pytest.mark.slow
+def test_bdmc_sandwich_of_the_default_config_vae1_is_below_one_nat(tmp_path, one_thread, capsys):
+    """The default config's 1-layer MNIST VAE that its ais block selects, trained as the
+    default run trains it (500 steps), evaluated as the default run evaluates it: the BDMC
+    sandwich on its simulated points at the config's budget (temperatures, chains,
+    leapfrog steps, printed) is narrower than 1 nat, contains the AIS estimate's ordering
+    (every check of the chain L_1 <= ... <= AIS <= BDMC upper passes), and AIS on the test
+    points is at least L_K_eval minus 3 SE of their paired difference."""
+    import yaml
+
+    from lvmbench.grid import plan
+    from lvmbench.measure.evaluation import evaluate_run
+    from lvmbench.train import train
+
+    planned = plan(yaml.safe_load((Path(__file__).resolve().parents[1] / "config" / "config.yaml").read_text()))
+    cell = next(c for c in planned.cells if c.model == "vae1" and planned.measurements[c.id].ais is not None)
+    m = planned.measurements[cell.id]
+    run = tmp_path / "runs" / cell.id
+    train(cell, run, progress=False, device="cpu")
+    result = evaluate_run(run, m.eval, device="cpu", progress=False, ais=m.ais)
+    b, a = result["bdmc"], result["ais"]
+    with capsys.disabled():
+        print(f"\n[{cell.id}] T={m.ais.temperatures}, {m.ais.chains} chains, {m.ais.leapfrog_steps} leapfrog steps: "
+              f"BDMC on {b['n_points']} simulated points [{b['lower']:.2f}, {b['upper']:.2f}], width "
+              f"{b['width']:.3f} +- {b['width_se']:.3f} nats (L_{m.eval.K_eval} {b['L_K_eval']:.2f}); AIS on "
+              f"{a['n_points']} test points {a['log_px']:.2f}, gain over L_{m.eval.K_eval} {a['gain']:+.3f} +- "
+              f"{a['gain_se']:.3f}")
+    assert b["width"] < 1.0 and a["gain"] > -3 * a["gain_se"]
+    assert result["ordering_passed"], result["ordering_worst"]
+    assert result["ordering_reference"] == "ais" and result["ordering_simulated_reference"] == "bdmc_upper"

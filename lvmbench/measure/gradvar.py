@@ -26,8 +26,11 @@ SNR grows as O(sqrt(K)) and the IWAE encoder's shrinks as O(1/sqrt(K)).
 Where an exact gradient g exists (:mod:`lvmbench.exact`), bias = ||E[Delta] - g||,
 ``relative_bias`` = bias / ||g||, ``bias_noise`` = sqrt(sum_j var_j / M) (the size bias
 would have from Monte Carlo error alone, for an unbiased estimator) and
-MSE = E||Delta - g||^2 / P = (bias^2 + sum_j var_j) / P are reported too; ``biased`` gives
-the estimator's declared condition (e.g. STL with K > 1 samples per group).
+MSE = E||Delta - g||^2 / P = (bias^2 + sum_j var_j) / P are reported too
+(``bias_reference`` = ``exact``). Where none exists, an estimator declared biased (``biased``
+gives its condition, e.g. STL with K > 1 samples per group) is compared with the unbiased
+``reparam`` measured alongside on the same random numbers: g is then reparam's mean
+(``bias_reference`` = ``reparam``) and ``bias_noise`` adds reparam's Monte Carlo error.
 
 Draws are batched: the minibatch is repeated r times along the batch (r the largest divisor
 of M with r x B x K <= max_samples that leaves at least min(M, MIN_GROUPS) groups), so one
@@ -61,16 +64,10 @@ from lvmbench.objectives import Objective, make_objective
 from lvmbench.rng import forked_rng, stream, stream_seed
 from lvmbench.runs import RunDir, Trained, load_trained
 from lvmbench.settings import GradvarSettings
+from lvmbench.stats import FLOOR_MULTIPLE, snr_floor
 
 #: the least number of groups the draws are batched into (the variance's degrees of freedom + 1)
 MIN_GROUPS = 100
-#: a component sits at the floor when its SNR estimate is below this many floors
-FLOOR_MULTIPLE = 3.0
-
-
-def snr_floor(draws: int) -> float:
-    """E|mean| / std of M draws of a zero-mean component: sqrt(2 / (pi M))."""
-    return math.sqrt(2 / (math.pi * draws))
 
 
 def draws_per_pass(draws: int, samples_per_draw: int, max_samples: int) -> int:
@@ -104,8 +101,9 @@ def _flat(grads: list[Tensor]) -> Tensor:
     return torch.cat([g.reshape(-1) for g in grads]).double() if grads else torch.zeros(0, dtype=torch.float64)
 
 
-def _summary(mean: Tensor, var: Tensor, draws: int, exact: Tensor | None) -> dict:
-    """One row of statistics of a parameter group from the per-draw mean and variance."""
+def _summary(mean: Tensor, var: Tensor, draws: int, exact: Tensor | None, exact_var: Tensor | None = None) -> dict:
+    """One row of statistics of a parameter group from the per-draw mean and variance; bias
+    against ``exact`` (an estimate with per-draw variance ``exact_var``, if not exact)."""
     std = var.sqrt().cpu().numpy()
     m = mean.cpu().numpy()
     with np.errstate(divide="ignore", invalid="ignore"):
@@ -116,13 +114,15 @@ def _summary(mean: Tensor, var: Tensor, draws: int, exact: Tensor | None) -> dic
            "snr_median": float(np.median(snr[finite])) if finite.any() else math.nan, "snr_floor": floor,
            "frac_at_floor": float(np.mean(snr[finite] < FLOOR_MULTIPLE * floor)) if finite.any() else math.nan,
            "var_mean": float(var.mean()), "grad_norm": float(np.linalg.norm(m)),
-           "bias": math.nan, "relative_bias": math.nan, "bias_noise": math.nan, "mse": math.nan}
+           "bias": math.nan, "relative_bias": math.nan, "bias_noise": math.nan, "mse": math.nan,
+           "bias_reference": None}
     if exact is not None:
         bias = float((mean - exact).norm())
         norm = float(exact.norm())
+        noise = var.sum() + (0 if exact_var is None else exact_var.sum())
         row.update(bias=bias, relative_bias=bias / norm if norm > 0 else math.nan,
-                   bias_noise=float((var.sum() / draws).sqrt()),
-                   mse=(bias ** 2 + float(var.sum())) / max(m.size, 1))
+                   bias_noise=float((noise / draws).sqrt()), bias_reference="exact" if exact_var is None else "reparam",
+                   mse=(bias ** 2 + float(var.sum())) / max(m.size, 1) if exact_var is None else math.nan)
     return row
 
 
@@ -146,9 +146,9 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
     exact_flat = (B * _flat(exact[0]), B * _flat(exact[1])) if exact is not None else (None, None)
     reps = draws_per_pass(draws, B * K, max_samples)
     xr = x.repeat(reps, *[1] * (x.dim() - 1))  # reps independent copies of the minibatch
-    rows = []
+    rows, moments = [], {}
     with forked_rng(x.device):  # seeded per estimator below; the caller's RNG is left as it was
-        for name in estimators:
+        for name in sorted(estimators, key=lambda e: e != "reparam"):  # reparam first: the reference of biased ones
             reason = why_invalid_for(model_name, model, objective, K, name)
             base = {"estimator": name, "objective": objective.name, "K": K, "draws": draws,
                     "biased": bias_reason(name, objective, K) if reason is None else None, "skipped": reason}
@@ -167,9 +167,13 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
                     parts = estimator(model, objective, xr, K)
                 for acc, g in zip(accs, map(_flat, gradients(parts, theta, phi))):
                     acc.update(B * g)  # the mean of reps draws of the batch-sum gradient
-            for group, acc, ex in zip(("decoder", "encoder"), accs, exact_flat):
-                rows.append({**base, "group": group, **_summary(acc.mean, reps * acc.var, draws, ex)})
-    return pd.DataFrame(rows)
+            moments[name] = [(acc.mean, reps * acc.var) for acc in accs]
+            reference = moments.get("reparam") if exact is None and base["biased"] and name != "reparam" else None
+            for i, (group, ex) in enumerate(zip(("decoder", "encoder"), exact_flat)):
+                ref_mean, ref_var = reference[i] if reference else (ex, None)
+                rows.append({**base, "group": group, **_summary(*moments[name][i], draws, ref_mean, ref_var)})
+    order = {name: i for i, name in enumerate(estimators)}
+    return pd.DataFrame(rows).sort_values("estimator", key=lambda c: c.map(order), kind="stable", ignore_index=True)
 
 
 @torch.no_grad()
