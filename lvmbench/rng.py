@@ -38,9 +38,10 @@ def stream_seed(seed: int, purpose: str, *index: int) -> int:
     return int((int(words[0]) << 32 | int(words[1])) & (2 ** 63 - 1))
 
 
-def stream(seed: int, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded for ``purpose`` (:func:`stream_seed`)."""
-    return torch.Generator(device=device).manual_seed(stream_seed(seed, purpose))
+def stream(seed: int, purpose: str, device: torch.device | str = "cpu", *, index: tuple[int, ...] = ()) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded for ``purpose`` (:func:`stream_seed`; ``index``
+    numbers its sub-streams)."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, purpose, *index))
 
 
 @contextmanager

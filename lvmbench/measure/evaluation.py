@@ -206,7 +206,7 @@ def bound_ordering(est: PointEstimates, threshold: float = 3.0, ais: np.ndarray 
     chain = [(f"L_{k}", est.bounds[:, i]) for i, k in enumerate(est.k_grid)]
     chain += [(name, v) for name, v in (("AIS", ais), ("exact log p(x)", est.log_px), ("BDMC upper", upper))
               if v is not None]
-    top_name, top = chain[-1]
+    top_name = chain[-1][0]
     kind = REFERENCE_KINDS.get(top_name, "largest_k")
     pairs = list(zip(chain[:-1], chain[1:])) + [(low, chain[-1]) for low in chain[:-2]]
     rows = [paired_check(a, va, b, vb, threshold) for (a, va), (b, vb) in pairs]
@@ -280,8 +280,6 @@ def bdmc_summary(est: PointEstimates, lower: np.ndarray, upper: np.ndarray,
            "width": width, "width_se": width_se, "L_K_eval": float(est.bounds[:, -1].mean()),
            "exact_log_px": float(est.log_px.mean()) if est.log_px is not None else None}
     return out, order
-
-
 
 
 def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), device: torch.device | str | None = None,

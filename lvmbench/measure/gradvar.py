@@ -37,10 +37,11 @@ of M with r x B x K <= max_samples that leaves at least min(M, MIN_GROUPS) group
 backward pass returns the mean of r independent draws; the per-draw variance is r times the
 variance of these group means (unbiased), with M / r - 1 degrees of freedom.
 
-Random streams (lvmbench.rng, from the gradvar seed): ``gradients_batch`` chooses the
-minibatch, ``gradients_binarization`` binarizes it, ``gradients_point`` draws the noise at
-the optimum, ``gradients`` the gradient draws (the same for every estimator: common random
-numbers).
+Random streams (lvmbench.rng, from the gradvar seed, sub-stream number the cell's seed, so
+the seeds of an experiment are independent replicates even at the optimum, where the
+trained parameters play no part): ``gradients_batch`` chooses the minibatch,
+``gradients_binarization`` binarizes it, ``gradients_point`` draws the noise at the optimum,
+``gradients`` the gradient draws (the same for every estimator: common random numbers).
 """
 
 from __future__ import annotations
@@ -129,7 +130,7 @@ def _summary(mean: Tensor, var: Tensor, draws: int, exact: Tensor | None, exact_
 def gradient_variance(model: LatentVariableModel, objective: Objective, model_name: str, x: Tensor, K: int,
                       estimators: list[str], draws: int = 100, seed: int = 0, progress: bool = True,
                       trained: dict[str, tuple[dict, dict | None]] | None = None,
-                      max_samples: int = 200_000) -> pd.DataFrame:
+                      max_samples: int = 200_000, index: tuple[int, ...] = ()) -> pd.DataFrame:
     """One row per (estimator, parameter group): SNR and its floor, variance, and
     bias/MSE where exact, for the gradient of the bound summed over the minibatch ``x``.
 
@@ -137,8 +138,8 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
     in the ``skipped`` column of a row of NaNs. Estimators run in ``eval()`` mode (the
     statistics of stateful ones frozen); ``trained`` maps an estimator's name to the
     (options, trained state) it was trained with, which it then uses. The draws come from
-    the global RNG seeded with the ``gradients`` stream of ``seed`` for each estimator, on a
-    fork of the caller's; they are batched (module docstring).
+    the global RNG seeded with the ``gradients`` stream of ``seed`` (sub-stream ``index``) for
+    each estimator, on a fork of the caller's; they are batched (module docstring).
     """
     theta, phi = model.decoder_parameters(), model.encoder_parameters()
     B = x.shape[0]
@@ -161,7 +162,7 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
                 estimator.load_state_dict(state)
             estimator.to(x.device).eval()
             accs = [Welford(sum(p.numel() for p in ps), x.device) for ps in (theta, phi)]
-            torch.manual_seed(stream_seed(seed, "gradients"))
+            torch.manual_seed(stream_seed(seed, "gradients", *index))
             for _ in tqdm(range(draws // reps), desc=f"gradvar {name}", disable=not progress, leave=False):
                 with fast_distributions():
                     parts = estimator(model, objective, xr, K)
@@ -177,9 +178,11 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
 
 
 @torch.no_grad()
-def move_to_optimum(model: LatentVariableModel, x_train: Tensor, noise: float, seed: int) -> None:
+def move_to_optimum(model: LatentVariableModel, x_train: Tensor, noise: float, seed: int,
+                    index: tuple[int, ...] = ()) -> None:
     """The model's exact optimum on ``x_train`` (``set_to_optimum``) plus N(0, noise^2) on every
-    trainable parameter component, drawn on the CPU from the ``gradients_point`` stream."""
+    trainable parameter component, drawn on the CPU from the ``gradients_point`` stream of
+    ``seed`` (sub-stream ``index``)."""
     if not hasattr(model, "set_to_optimum"):
         raise LvmbenchError(f"gradvar at the optimum needs a model with a closed-form optimum (linear_gaussian); "
                             f"{type(model).__name__} has none")
@@ -187,7 +190,7 @@ def move_to_optimum(model: LatentVariableModel, x_train: Tensor, noise: float, s
         model.set_to_optimum(x_train)
     except (NotImplementedError, ValueError) as err:
         raise LvmbenchError(f"gradvar at the optimum: {err}") from None
-    gen = stream(seed, "gradients_point")
+    gen = stream(seed, "gradients_point", index=index)
     for p in model.parameters():
         if p.requires_grad:
             p.add_(noise * torch.randn(p.shape, generator=gen, dtype=p.dtype).to(p.device))
@@ -199,11 +202,12 @@ def _measure(trained: Trained, s: GradvarSettings, progress: bool) -> pd.DataFra
     objective = make_objective(cell.objective_name, **cell.objective_options)
     names = list(s.estimators) or valid_estimators(cell.model_name, model, objective, cell.K)
     dev = next(model.parameters()).device
-    chosen = torch.randperm(data.train.shape[0], generator=stream(s.seed, "gradients_batch"))[: s.batch_size]
-    x = data.observe(data.train[chosen], stream(s.seed, "gradients_binarization")).to(dev)
-    df = gradient_variance(model, objective, cell.model_name, x, cell.K, names, s.draws, seed=s.seed,
+    index = (cell.seed,)
+    chosen = torch.randperm(data.train.shape[0], generator=stream(s.seed, "gradients_batch", index=index))
+    x = data.observe(data.train[chosen[: s.batch_size]], stream(s.seed, "gradients_binarization", index=index))
+    df = gradient_variance(model, objective, cell.model_name, x.to(dev), cell.K, names, s.draws, seed=s.seed,
                            progress=progress, trained={cell.estimator_name: (cell.estimator_options, estimator_state)},
-                           max_samples=s.max_samples)
+                           max_samples=s.max_samples, index=index)
     return df.assign(step=step, at=s.at, noise=s.noise if s.at == "optimum" else math.nan, cell=cell.id,
                      experiment=cell.experiment, dataset=cell.dataset, model=cell.model,
                      trained_objective=cell.objective, trained_estimator=cell.estimator, seed=cell.seed,
@@ -222,7 +226,7 @@ def gradvar_run(run: str | Path, settings: GradvarSettings = GradvarSettings(),
     if s.at == "optimum":
         trained = load_trained(run, device=device, data_dir=data_dir)
         move_to_optimum(trained.model, trained.data.train.to(next(trained.model.parameters()).device), s.noise,
-                        s.seed)
+                        s.seed, index=(trained.cell.seed,))
         table = _measure(trained._replace(step=-1), s, progress)
     else:
         snapshots = rd.snapshots()
