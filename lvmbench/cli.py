@@ -4,8 +4,8 @@
     lvmbench prepare DATASET           download (if needed) and verify a dataset
     lvmbench plan CONFIG               the valid cells of a pipeline config and the skipped ones
     lvmbench train --cell SPEC --out RUN
-    lvmbench evaluate RUN              large-K log p(x), bound curve, exact log p(x), active units
-    lvmbench gradvar RUN               gradient variance / SNR at the run's snapshots
+    lvmbench evaluate RUN              large-K log p(x), bound curve, exact log p(x), active units, AIS, BDMC
+    lvmbench gradvar RUN               gradient variance / SNR at the run's snapshots or its exact optimum
     lvmbench amortize RUN              amortization gap: per-datapoint q vs the encoder's
     lvmbench aggregate RUNS... --out DIR     tidy tables (CSV, Markdown, LaTeX)
     lvmbench plot TABLES --runs RUNS... --out DIR   seaborn figures (PNG and PDF)
@@ -165,6 +165,22 @@ def cmd_train(args: argparse.Namespace) -> None:
         print(json.dumps(summary))
 
 
+def _ais_settings(args: argparse.Namespace):
+    """The AIS settings of ``lvmbench evaluate``: ``--ais`` JSON (null: no AIS), then the single
+    AIS options on top (any of them turns AIS on)."""
+    from lvmbench.settings import AISSettings, build_settings
+
+    base = parse_json(args.ais, "--ais") if args.ais else None
+    if base is not None and not isinstance(base, dict):
+        raise LvmbenchError(f"--ais must be a JSON mapping of AIS settings or null, got {base!r}")
+    overrides = {k: v for k, v in {"temperatures": args.ais_temperatures, "chains": args.ais_chains,
+                                   "n_test": args.ais_n_test, "bdmc_points": args.bdmc_points}.items()
+                 if v is not None}
+    if base is None and not overrides:
+        return None
+    return build_settings(AISSettings, {**(base or {}), **overrides}, "ais")
+
+
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from lvmbench.io import check_output
     from lvmbench.measure.evaluation import evaluate_run
@@ -175,11 +191,18 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     if args.out:
         check_output(args.out, "--out")
     result = evaluate_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out,
-                          progress=not args.quiet)
+                          progress=not args.quiet, ais=_ais_settings(args))
     if "status" in result:
         print(f"{result['cell']}: not evaluated, {result['status']}", file=sys.stderr)
         return
-    print(f"{result['cell']}: log p(x) ~= {result['log_px']:.3f} +- {result['log_px_se']:.3f} (L_{s.K_eval}); "
+    extra = ""
+    if "ais" in result:
+        a = result["ais"]
+        extra += f"; AIS {a['log_px']:.3f} +- {a['log_px_se']:.3f} on {a['n_points']} points"
+    if "bdmc" in result:
+        b = result["bdmc"]
+        extra += f"; BDMC sandwich [{b['lower']:.3f}, {b['upper']:.3f}], width {b['width']:.3f} +- {b['width_se']:.3f}"
+    print(f"{result['cell']}: log p(x) ~= {result['log_px']:.3f} +- {result['log_px_se']:.3f} (L_{s.K_eval}){extra}; "
           f"bound ordering {'passed' if result['ordering_passed'] else 'FAILED'}", file=sys.stderr)
 
 
@@ -189,7 +212,8 @@ def cmd_gradvar(args: argparse.Namespace) -> None:
     from lvmbench.settings import GradvarSettings
 
     s = _settings(GradvarSettings, args, {"draws": args.draws, "batch_size": args.batch_size,
-                                          "estimators": args.estimators}, "gradvar")
+                                          "estimators": args.estimators, "at": args.at, "noise": args.noise},
+                  "gradvar")
     if args.out:
         check_output(args.out, "--out")
     gradvar_run(args.run, s, device=args.device, data_dir=args.data_dir, out=args.out, progress=not args.quiet)
@@ -317,22 +341,36 @@ def parser() -> argparse.ArgumentParser:
 
     s = _measurement(sub, "evaluate", "large-K log p(x), bound curve, exact log p(x), active units",
                      "Estimate test log p(x) by L_K at large K (streamed, max-subtracted), the bound curve L_k for "
-                     "k in the grid, exact log p(x) where tractable, ESS, active units and the bound-ordering "
+                     "k in the grid, exact log p(x) where tractable, ESS, active units, with --ais annealed "
+                     "importance sampling (HMC) and the BDMC sandwich on simulated data, and the bound-ordering "
                      "check. eval.json records the settings.", "output JSON (default RUN/eval.json)",
                      cmd_evaluate)
     s.add_argument("--K-eval", type=int, help="importance samples per test point (default 5000)")
     s.add_argument("--k-grid", type=_ints, help="comma-separated k values dividing K_eval for the bound curve")
     s.add_argument("--n-test", type=int, help="evaluate on the first N test points (0 = all)")
     s.add_argument("--batch-size", type=int, help="test points per pass")
+    s.add_argument("--ais", help="AIS settings as a JSON mapping (see config/README.md, `ais`), or null for none: "
+                                 "annealed importance sampling of log p(x) on the first test points")
+    s.add_argument("--ais-temperatures", type=int, help="AIS intermediate distributions T (turns AIS on)")
+    s.add_argument("--ais-chains", type=int, help="AIS chains per point (turns AIS on)")
+    s.add_argument("--ais-n-test", type=int, help="AIS on the first N evaluated test points (0 = all; turns AIS on)")
+    s.add_argument("--bdmc-points", type=int, help="BDMC sandwich on N points simulated from the model "
+                                                   "(turns AIS on)")
 
     s = _measurement(sub, "gradvar", "gradient variance and SNR at the run's snapshots",
-                     "At each parameter snapshot of a run and a fixed minibatch, take M independent gradient draws "
-                     "per estimator; report per-group SNR, variance, and bias/MSE against the exact gradient where "
-                     "one exists. gradvar.csv records the settings in columns.",
+                     "At each parameter snapshot of a run (or at the exact optimum plus Gaussian noise, --at "
+                     "optimum) and a fixed random minibatch, take M independent draws of the batch-sum gradient "
+                     "per estimator; report per-group SNR (mean and median over components) with its Monte Carlo "
+                     "floor sqrt(2/(pi M)) and the fraction of components at it, variance, and bias/MSE against "
+                     "the exact gradient where one exists. gradvar.csv records the settings in columns.",
                      "output CSV (default RUN/gradvar.csv)", cmd_gradvar)
     s.add_argument("--draws", type=int, help="gradient draws M (default 100)")
     s.add_argument("--batch-size", type=int, help="minibatch size (default 32)")
     s.add_argument("--estimators", nargs="+", help="estimators to measure (default: every valid one)")
+    s.add_argument("--at", choices=["snapshots", "optimum"], help="measure at every training snapshot (default) or "
+                                                                  "at the model's exact optimum plus noise")
+    s.add_argument("--noise", type=float, help="with --at optimum: std of the Gaussian noise on every parameter "
+                                               "(default 0.01)")
 
     s = _measurement(sub, "amortize", "amortization gap: per-datapoint inference vs the encoder",
                      "For each of the first N test points, optimise a separate Gaussian q (the "

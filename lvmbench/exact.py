@@ -43,6 +43,16 @@ for the encoder, as in the ``exact`` estimator.
 ``decompose=False`` instead evaluates the objective's own function on the joint grid
 of all K samples (enumeration and quadrature only): slower (C**K instead of C**(K/M)
 points), but an independent check of the decomposition and of the objectives' code.
+
+Memory
+------
+A grid expectation gathers (k, N, B) log-weights for N grid rows and a batch of B points.
+Without autograd, :func:`_grid_expectation` bounds that by taking at most
+``_CHUNK_ELEMENTS / B`` rows at a time. Under autograd every chunk's intermediates are kept
+for the backward pass, so the whole grid x batch would be held at once (K=4 quadrature,
+37**4 rows, on a batch of 2000 points needs terabytes); :func:`exact_gradients` therefore
+splits the batch into chunks of at most ``_GRAD_ELEMENTS / (grid rows per point)`` points
+and accumulates their gradients, which is exact since the bound is a mean over points.
 """
 
 from __future__ import annotations
@@ -66,8 +76,10 @@ MAX_ENUMERATION = 200_000
 MAX_QUADRATURE = 2_000_000
 #: the largest number of samples integrated by tensor-product quadrature
 MAX_QUADRATURE_K = 4
-#: rows of a joint grid evaluated at once (bounds memory; gradients still flow)
-_CHUNK = 65_536
+#: grid rows x batch points gathered at once by a grid expectation (bounds memory without autograd)
+_CHUNK_ELEMENTS = 2 ** 20
+#: grid rows x batch points differentiated at once by :func:`exact_gradients` (bounds autograd's memory)
+_GRAD_ELEMENTS = 2 ** 22
 
 
 # ---------------------------------------------------------------------------------------
@@ -177,13 +189,15 @@ def _grid_expectation(log_w: Tensor, log_mass: Tensor, k: int, f: Callable[[Tens
     """sum over all n**k index tuples c of prod_j mass[c_j] * f(log_w[c_1], ..., log_w[c_k]).
 
     ``f`` maps (k, N) log-weights to (N,). Built without Python loops over tuples: the
-    index grid (k, N) gathers (k, N, B) log-weights, reshaped to (k, N*B) for ``f``.
+    index grid (k, N) gathers (k, N, B) log-weights, reshaped to (k, N*B) for ``f``; at most
+    ``_CHUNK_ELEMENTS / B`` rows at a time.
     """
     n, B = log_w.shape
     total = n ** k
+    rows = max(1, _CHUNK_ELEMENTS // B)
     out = log_w.new_zeros(B)
-    for start in range(0, total, _CHUNK):
-        flat = torch.arange(start, min(start + _CHUNK, total), device=log_w.device)
+    for start in range(0, total, rows):
+        flat = torch.arange(start, min(start + rows, total), device=log_w.device)
         idx = torch.stack([(flat // n ** (k - 1 - j)) % n for j in range(k)])  # (k, N)
         lw = log_w[idx]  # (k, N, B)
         lm = log_mass[idx].sum(0)  # (N, B)
@@ -277,16 +291,50 @@ def expected_bound(model: LatentVariableModel, objective: Objective, x: Tensor, 
     return total
 
 
+def _grid_rows(model: LatentVariableModel, objective: Objective, x: Tensor, K: int, part: str,
+               nodes: int | None) -> int:
+    """The most grid rows one data point needs in :func:`expected_bound` (decomposed): C**k
+    for enumeration, n**k for quadrature, 1 for the closed forms."""
+    if not objective.sampled:
+        return 1
+    with torch.no_grad():
+        r = proposal_distribution(model, objective.proposal, x)
+    closed, B = _has_closed_form_elbo(model, x), x.shape[0]
+    rows = 1
+    for k, _ in _terms(objective, K, part):
+        m = _method(model, objective, r, k, B, closed)
+        if m == "enumeration":
+            rows = max(rows, _n_enumerable(model, r, B) ** k)
+        elif m == "quadrature":
+            rows = max(rows, _quadrature_nodes(k, nodes) ** k)
+    return rows
+
+
 def exact_gradients(model: LatentVariableModel, objective: Objective, x: Tensor, K: int,
                     nodes: int | None = None) -> tuple[list[Tensor], list[Tensor]] | None:
     """(theta grads, phi grads) of the exact expected bound averaged over the batch:
     d/dtheta mean_b E[decoder part], d/dphi mean_b E[encoder part], matching the
-    estimators' ``.mean()`` surrogates; None when no exact method applies."""
-    dec = expected_bound(model, objective, x, K, "decoder", nodes)
-    enc = expected_bound(model, objective, x, K, "encoder", nodes)
-    if dec is None or enc is None:
+    estimators' ``.mean()`` surrogates; None when no exact method applies.
+
+    The batch is differentiated in chunks of at most ``_GRAD_ELEMENTS / (grid rows per
+    point)`` points whose gradients are summed (module docstring, Memory), so memory stays
+    bounded for any batch size."""
+    if any(exact_method(model, objective, x, K, part) is None for part in ("decoder", "encoder")):
         return None
-    return grad_or_zeros(dec.mean(), model.decoder_parameters()), grad_or_zeros(enc.mean(), model.encoder_parameters())
+    theta, phi = model.decoder_parameters(), model.encoder_parameters()
+    B = x.shape[0]
+    step = max(1, _GRAD_ELEMENTS // max(_grid_rows(model, objective, x, K, part, nodes)
+                                        for part in ("decoder", "encoder")))
+    g_theta, g_phi = [torch.zeros_like(p) for p in theta], [torch.zeros_like(p) for p in phi]
+    for start in range(0, B, step):
+        xc = x[start:start + step]
+        dec = expected_bound(model, objective, xc, K, "decoder", nodes)
+        enc = expected_bound(model, objective, xc, K, "encoder", nodes)
+        for acc, g in (*zip(g_theta, grad_or_zeros(dec.sum() / B, theta)),
+                       *zip(g_phi, grad_or_zeros(enc.sum() / B, phi, retain=False))):
+            acc += g
+        del dec, enc  # this chunk's graph goes before the next one is built
+    return g_theta, g_phi
 
 
 __all__ = ["expected_bound", "exact_gradients", "exact_method", "MAX_ENUMERATION", "MAX_QUADRATURE"]

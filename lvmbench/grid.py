@@ -37,18 +37,18 @@ from typing import Any
 import jsonschema
 import torch
 import yaml
-from torch.distributions import Independent, MultivariateNormal, Normal
 
 from lvmbench.data import DATASETS
 from lvmbench.errors import LvmbenchError
 from lvmbench.estimators import ESTIMATORS, make_estimator
 from lvmbench.models import MODELS, LatentVariableModel, build_model
-from lvmbench.models.base import fast_distributions
+from lvmbench.models.base import fast_distributions, gaussian_family
 from lvmbench.objectives import Objective, make_objective
 from lvmbench.report.paper import check_published
 from lvmbench.rng import forked_rng
 from lvmbench.settings import (
     LABEL,
+    AISSettings,
     AmortizeSettings,
     Cell,
     EvalSettings,
@@ -66,7 +66,7 @@ SCHEMA = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.
 MAX_ELEMENTS = 2 ** 31
 EXPERIMENT_KEYS = {"datasets", "models", "objectives", "K", "estimators", "seeds", "train", "eval",
                    "gradvar", "dataset_options"}
-#: the cell fields an amortization block may match on
+#: the cell fields an amortization or ais block may match on
 MATCH_KEYS = ("experiment", "dataset", "model", "objective", "K", "estimator", "seed")
 _CPU = torch.device("cpu")
 _PROBE_DIM = 4  # data dimension of the models :func:`why_invalid` builds without a dataset
@@ -195,12 +195,14 @@ def _labelled(entries: Any, key: str, where: str) -> dict[str, tuple[str, dict]]
 
 @dataclass(frozen=True)
 class Measurements:
-    """How one trained cell is measured: its evaluation and gradient-variance settings, and
-    its amortization settings when the config's ``amortization`` block selects it."""
+    """How one trained cell is measured: its evaluation and gradient-variance settings, its
+    amortization settings when the config's ``amortization`` block selects it, and its AIS
+    settings (part of evaluation) when the ``ais`` block selects it."""
 
     eval: EvalSettings
     gradvar: GradvarSettings
     amortize: AmortizeSettings | None = None
+    ais: AISSettings | None = None
 
 
 @dataclass(frozen=True)
@@ -275,6 +277,13 @@ def amortization_objective(cell: Cell, s: AmortizeSettings) -> Objective:
     return objective if objective.sampled and objective.proposal == "encoder" else make_objective("elbo")
 
 
+def amortization_sizes(cell: Cell, s: AmortizeSettings) -> tuple[int, int]:
+    """(K, K_eval) of amortization: ``s.K`` else the run's K, and ``s.K_eval`` else the
+    smallest multiple of K that is >= 1000."""
+    K = s.K or cell.K
+    return K, s.K_eval or K * math.ceil(1000 / K)
+
+
 def check_settings(cell: Cell, settings: TrainSettings | EvalSettings | GradvarSettings | AmortizeSettings,
                    where: str) -> None:
     """Refuse ``settings`` that would fail or silently change meaning once the job runs on
@@ -305,11 +314,10 @@ def check_settings(cell: Cell, settings: TrainSettings | EvalSettings | GradvarS
         tensors = [("a gradient draw (K x batch_size x D)", K * settings.batch_size * D)]
     elif isinstance(settings, AmortizeSettings):
         objective = amortization_objective(cell, settings)
-        K = settings.K or cell.K
+        K, K_eval = amortization_sizes(cell, settings)
         reason = objective.why_invalid(K)
         if reason:
             raise LvmbenchError(f"{where}: cell {cell.id}: {reason}")
-        K_eval = settings.K_eval or K * math.ceil(1000 / K)
         bad = sorted({K // M for M, _ in objective.encoder_terms(K) if K_eval % (K // M)})
         if bad:
             raise LvmbenchError(f"{where}.K_eval={K_eval} must be a multiple of the {objective.name} group size "
@@ -341,29 +349,34 @@ def _gaussian_encoder(model: LatentVariableModel, dim: int) -> str | None:
     (Independent Normal or MultivariateNormal), else the name of its distribution."""
     with fast_distributions():
         q = model.encoder(torch.zeros(1, dim, device=next(model.parameters()).device))
-    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
-        return None
-    return None if isinstance(q, MultivariateNormal) else type(q).__name__
+    return None if gaussian_family(q) else type(q).__name__
 
 
-def _amortization(config: dict, cells: list[Cell],
-                  built: dict[tuple[str, str, str], LatentVariableModel]) -> tuple[AmortizeSettings | None, set[str]]:
-    """The amortization settings and the ids of the cells whose fields equal every entry of
-    the block's ``match``; every selected cell must be one amortization can run."""
-    block = config.get("amortization")
+def _selection(config: dict, key: str, cls: type, cells: list[Cell]) -> tuple[object | None, list[Cell]]:
+    """The settings of the block ``config[key]`` (``amortization``, ``ais``) and the cells
+    whose fields match every entry of its ``match``: a value, or a list of values any of
+    which may match."""
+    block = config.get(key)
     if block is None:
-        return None, set()
+        return None, []
     if not isinstance(block, dict) or not isinstance(block.get("match"), dict) or not block["match"]:
-        raise LvmbenchError("amortization: expected a mapping with a non-empty 'match' mapping")
+        raise LvmbenchError(f"{key}: expected a mapping with a non-empty 'match' mapping")
     match = block["match"]
     unknown = set(match) - set(MATCH_KEYS)
     if unknown:
-        raise LvmbenchError(f"amortization.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
-    settings = build_settings(AmortizeSettings, {k: v for k, v in block.items() if k != "match"}, "amortization")
-    chosen = [c for c in cells if all(str(getattr(c, k)) == str(v) for k, v in match.items())]
+        raise LvmbenchError(f"{key}.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
+    settings = build_settings(cls, {k: v for k, v in block.items() if k != "match"}, key)
+    allowed = {k: {str(x) for x in (v if isinstance(v, list) else [v])} for k, v in match.items()}
+    chosen = [c for c in cells if all(str(getattr(c, k)) in values for k, values in allowed.items())]
     if not chosen:
-        raise LvmbenchError(f"amortization.match {match} selects no cell of this config")
-    for c in chosen:
+        raise LvmbenchError(f"{key}.match {match} selects no cell of this config")
+    return settings, chosen
+
+
+def _check_amortized(cells: list[Cell], settings: AmortizeSettings,
+                     built: dict[tuple[str, str, str], LatentVariableModel]) -> None:
+    """Every cell the amortization block selects is one per-datapoint inference can run."""
+    for c in cells:
         family = _gaussian_encoder(built[c.experiment, c.dataset, c.model], DATASETS[c.dataset].obj.dimension(
             c.dataset_options))
         if family is not None:
@@ -371,7 +384,6 @@ def _amortization(config: dict, cells: list[Cell],
                                 f"inference needs a Gaussian encoder (vae with 1 stochastic layer and no flow, "
                                 f"linear_gaussian); narrow the match")
         check_settings(c, settings, "amortization")
-    return settings, {c.id for c in chosen}
 
 
 def _declared(axes: Any) -> dict[str, set[str]]:
@@ -535,7 +547,15 @@ def plan(config: dict) -> Plan:
     ids = [c.id for c in cells]
     if len(ids) != len(set(ids)):
         raise LvmbenchError("config: two experiments produce the same cell id; give them distinct names")
-    amortize, chosen = _amortization(config, cells, built)
-    measurements = {i: Measurements(m.eval, m.gradvar, amortize if i in chosen else None)
-                    for i, m in measurements.items()}
+    amortize, amortized = _selection(config, "amortization", AmortizeSettings, cells)
+    if amortize is not None:
+        _check_amortized(amortized, amortize, built)
+    ais, annealed = _selection(config, "ais", AISSettings, cells)
+    discrete = sorted(c.id for c in annealed if MODELS[c.model_name].obj.latent_kind != "continuous")
+    if discrete:
+        raise LvmbenchError(f"ais.match selects cells without continuous latents, which AIS with HMC cannot "
+                            f"anneal: {', '.join(discrete[:3])}")
+    amortized, annealed = {c.id for c in amortized}, {c.id for c in annealed}
+    measurements = {i: Measurements(m.eval, m.gradvar, amortize if i in amortized else None,
+                                    ais if i in annealed else None) for i, m in measurements.items()}
     return Plan(cells, skipped, measurements, workflow, warnings)

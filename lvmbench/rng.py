@@ -23,21 +23,25 @@ from lvmbench.errors import LvmbenchError
 #: purposes go at the end
 PURPOSES = ("model_init", "data_order", "binarization", "sampling", "evaluation", "evaluation_binarization",
             "gradients", "gradients_batch", "amortization", "amortization_evaluation", "ais", "simulation",
-            "estimator_init")
+            "estimator_init", "gradients_binarization", "gradients_point", "amortization_binarization",
+            "amortization_selection", "ais_tuning", "ais_reverse")
 
 
-def stream_seed(seed: int, purpose: str) -> int:
+def stream_seed(seed: int, purpose: str, *index: int) -> int:
     """The seed of ``purpose``'s stream for a run seeded with ``seed``: a 63-bit integer from
-    ``SeedSequence(seed, spawn_key=(index of purpose,))``."""
+    ``SeedSequence(seed, spawn_key=(index of purpose, *index))``. ``index`` numbers
+    independent sub-streams of one purpose (e.g. one per batch of test points)."""
     if purpose not in PURPOSES:
         raise LvmbenchError(f"unknown random stream {purpose!r}; choose one of: {', '.join(PURPOSES)}")
-    words = np.random.SeedSequence(seed, spawn_key=(PURPOSES.index(purpose),)).generate_state(2, np.uint32)
+    key = (PURPOSES.index(purpose), *index)
+    words = np.random.SeedSequence(seed, spawn_key=key).generate_state(2, np.uint32)
     return int((int(words[0]) << 32 | int(words[1])) & (2 ** 63 - 1))
 
 
-def stream(seed: int, purpose: str, device: torch.device | str = "cpu") -> torch.Generator:
-    """A ``torch.Generator`` on ``device`` seeded for ``purpose`` (:func:`stream_seed`)."""
-    return torch.Generator(device=device).manual_seed(stream_seed(seed, purpose))
+def stream(seed: int, purpose: str, device: torch.device | str = "cpu", *, index: tuple[int, ...] = ()) -> torch.Generator:
+    """A ``torch.Generator`` on ``device`` seeded for ``purpose`` (:func:`stream_seed`; ``index``
+    numbers its sub-streams)."""
+    return torch.Generator(device=device).manual_seed(stream_seed(seed, purpose, *index))
 
 
 @contextmanager

@@ -6,8 +6,9 @@ What is trained is kept apart from how it is measured:
   its options), seed and :class:`TrainSettings`. It alone identifies a trained model: its
   run directory, ``cell.json``, its checkpoint and the train rule's params hold it and
   nothing else.
-* :class:`EvalSettings`, :class:`GradvarSettings` and :class:`AmortizeSettings` are the
-  measurements' own settings. Each measurement receives only its own, and records them in
+* :class:`EvalSettings` (with :class:`AISSettings` for the cells the config's ``ais`` block
+  selects), :class:`GradvarSettings` and :class:`AmortizeSettings` are the measurements' own
+  settings. Each measurement receives only its own, and records them in
   its output; changing one reruns that measurement, never training.
 
 Every default and every range lives here, once, on the dataclass field
@@ -229,12 +230,33 @@ class EvalSettings(Settings):
 
 
 @dataclass(frozen=True)
+class AISSettings(Settings):
+    """Annealed importance sampling and BDMC in evaluation (:mod:`lvmbench.measure.ais`;
+    Neal 2001, Wu et al. 2017, Grosse et al. 2015): continuous-latent models only."""
+
+    temperatures: int = setting(1000, minimum=1)  # T intermediate distributions
+    chains: int = setting(16, minimum=1)  # independent AIS chains per point (Wu et al. 2017: 16)
+    schedule: str = setting("sigmoid", choices=("sigmoid", "geometric"))  # spacing of beta_0 = 0 .. beta_T = 1
+    start: str = setting("encoder", choices=("encoder", "prior"))  # r(z): anneal from q(z|x) or p(z)
+    leapfrog_steps: int = setting(10, minimum=1)  # per HMC transition (Wu et al. 2017: 10)
+    step_size: float = setting(0.05, exclusive_minimum=0)  # initial HMC step size of the tuning pass
+    target_accept: float = setting(0.65, exclusive_minimum=0, exclusive_maximum=1)  # HMC acceptance sought
+    tune_chains: int = setting(4, minimum=1)  # chains of the step-size tuning pass
+    n_test: int = setting(100, minimum=0)  # the first n_test evaluated test points; 0 = all of them
+    batch_size: int = setting(100, minimum=1)  # points annealed at once (x chains states held)
+    bdmc_points: int = setting(0, minimum=0)  # points simulated from the model for BDMC; 0 = no BDMC
+
+
+@dataclass(frozen=True)
 class GradvarSettings(Settings):
-    """Gradient-variance measurement at each training snapshot."""
+    """Gradient-variance measurement at each training snapshot, or at the exact optimum."""
 
     draws: int = setting(100, minimum=2)  # independent gradient draws M
-    batch_size: int = setting(32, minimum=1)  # fixed minibatch of training points
+    batch_size: int = setting(32, minimum=1)  # minibatch of training points, drawn once
     estimators: tuple[str, ...] = setting(())  # empty = every valid estimator in the registry
+    at: str = setting("snapshots", choices=("snapshots", "optimum"))  # where: training snapshots, or exact optimum
+    noise: float = setting(0.01, minimum=0)  # at optimum: std of the Gaussian noise added to every parameter
+    max_samples: int = setting(200_000, minimum=1)  # draws x batch x K samples held at once (memory bound)
     seed: int = setting(0, minimum=0, maximum=SEED_MAX)
 
 

@@ -8,6 +8,7 @@ optimisation never lowers the bound on any point, even when the optimiser diverg
 from __future__ import annotations
 
 import json
+import math
 
 import pandas as pd
 import pytest
@@ -20,6 +21,7 @@ from lvmbench.estimators import make_estimator
 from lvmbench.measure.amortization import crn_bounds, per_datapoint_inference
 from lvmbench.models import build_model
 from lvmbench.objectives import make_objective
+from lvmbench.rng import stream_seed
 from lvmbench.settings import TrainSettings
 from lvmbench.train import Ensemble, train_step
 
@@ -40,10 +42,10 @@ def test_linear_gaussian_per_datapoint_elbo_reaches_log_px(lab):
     post = model.posterior(x)
     kl_before, kl_after = kl_divergence(r.q_amortized, post), kl_divergence(r.q_per_datapoint, post)
     assert kl_after.mean() < kl_before.mean() / 50
-    assert (r.bound_per_datapoint >= r.bound_amortized).all()
-    # the amortized side is the encoder itself, evaluated on the same common random numbers
+    assert (r.selection_gap >= 0).all()
+    # the amortized side is the encoder itself, evaluated on the report set's common random numbers
     torch.testing.assert_close(r.q_amortized.loc, model.encoder(x).loc)
-    direct, _ = crn_bounds(model, x, model.encoder(x), ELBO, 1, 500, seed=r.seed + 1)
+    direct, _ = crn_bounds(model, x, model.encoder(x), ELBO, 1, 500, seed=stream_seed(r.seed, "amortization_evaluation"))
     torch.testing.assert_close(direct, r.bound_amortized, atol=1e-8, rtol=0)
     s = r.summary()
     assert s["gap"] == pytest.approx(float(r.gap.mean())) and s["gap"] > 2.0 and s["log_px_exact"]
@@ -53,7 +55,7 @@ def test_linear_gaussian_per_datapoint_elbo_reaches_log_px(lab):
 def test_linear_gaussian_iwae_objective(lab):
     model, x = lab.lg(x_dim=2, z_dim=2, B=10, encoder_noise=0.5)
     r = per_datapoint_inference(model, x, IWAE, K=4, steps=100, lr=0.05, K_eval=400, check_every=10)
-    assert (r.gap >= 0).all() and r.gap.mean() > 0.1
+    assert (r.selection_gap >= 0).all() and r.gap.mean() > 0.1
     # L_K <= L_{K_eval} <= log p(x) up to Monte Carlo error
     assert (r.log_px_per_datapoint.mean() - r.exact_log_px.mean()).abs() < 0.02
     again = per_datapoint_inference(model, x, IWAE, K=4, steps=100, lr=0.05, K_eval=400, check_every=10)
@@ -76,27 +78,58 @@ def _tiny_trained_vae(seed: int = 0, steps: int = 30):
 
 @pytest.mark.parametrize("lr", [0.05, 5.0])
 def test_vae_per_datapoint_never_lowers_the_bound(lr):
-    """lr=0.05 improves most points (two thirds of them with this tiny, briefly trained VAE);
-    lr=5 makes Adam overshoot wildly, and the best-seen rule must still report after >=
-    before on every point."""
+    """lr=0.05 improves the bound on fresh samples (mean reported gap > 2 SE; about half the
+    points keep the encoder's q, whose gap is then exactly 0); lr=5 makes Adam overshoot
+    wildly, and the best-seen rule must still give after >= before on every point on the
+    selection samples."""
     model, x = _tiny_trained_vae()
     state = {k: v.clone() for k, v in model.state_dict().items()}
     r = per_datapoint_inference(model, x, ELBO, K=1, steps=40, lr=lr, K_eval=200, check_every=5, seed=3)
     assert r.family == "diagonal" and r.exact_log_px is None
-    assert (r.bound_per_datapoint >= r.bound_amortized).all()
+    assert (r.selection_gap >= 0).all()
     assert torch.isfinite(r.bound_per_datapoint).all()
     if lr < 1:
-        assert (r.gap > 0).float().mean() > 0.6
+        assert r.gap.mean() > 2 * r.gap.std() / math.sqrt(len(r.gap))
     kept = r.best_step == 0
-    assert (r.gap[kept] == 0).all()
-    # the reported per-point bound is what the kept q gives on the same common random numbers
-    again, _ = crn_bounds(model, x, r.q_per_datapoint, ELBO, 1, 200, seed=r.seed + 1)
+    assert (r.gap[kept] == 0).all() and (r.selection_gap[kept] == 0).all()
+    # the reported per-point bound is what the kept q gives on the report set's common random numbers
+    again, _ = crn_bounds(model, x, r.q_per_datapoint, ELBO, 1, 200, seed=stream_seed(r.seed, "amortization_evaluation"))
     torch.testing.assert_close(again.float(), r.bound_per_datapoint.float(), atol=1e-4, rtol=0)
     # the model is untouched
     assert all(torch.equal(v, model.state_dict()[k]) for k, v in state.items())
     assert all(p.grad is None for p in model.parameters())
     table = r.table()
     assert len(table) == 20 and {"bound_amortized", "bound_per_datapoint", "gap", "best_step"} <= set(table)
+
+
+def _exact_gap(model, x, r):
+    """The exact ELBO gap of the kept per-point q over the encoder's q (closed form)."""
+    with torch.no_grad():
+        return model.exact_elbo(x, r.q_per_datapoint) - model.exact_elbo(x, r.q_amortized)
+
+
+@pytest.mark.parametrize("noise, steps", [(0.5, 60), (0.05, 30)])
+def test_reported_gap_is_unbiased_for_the_exact_gap(lab, noise, steps):
+    """The reported gap (kept q chosen on the selection samples, reported on independent
+    ones) is unbiased for the exact ELBO gap of the kept q: mean(reported - exact) within
+    3 SE of 0 over 60 points (SE of the paired per-point errors; a 0.3% two-sided tail).
+    The selection-set gap is not: it exceeds the exact gap by more than 3 SE where the
+    encoder is near the posterior (noise 0.05, the regime of the issue: a gap of ~0.004 nats
+    reported where the true one was ~0.001). The true gap of the best q, log p(x) - ELBO(q_enc)
+    in closed form (the posterior is in the family), is never exceeded by more than 3 SE."""
+    model, x = lab.lg(x_dim=3, z_dim=2, B=60, encoder_noise=noise, seed=1)
+    r = per_datapoint_inference(model, x, ELBO, K=1, steps=steps, lr=0.02, K_eval=20, check_every=1, seed=0)
+    exact = _exact_gap(model, x, r)
+    moved = r.best_step > 0
+    error = (r.gap - exact)[moved]
+    z = error.mean() / (error.std() / moved.sum().sqrt())
+    assert moved.sum() >= 20 and z.abs() < 3, (z, error.mean())
+    best = (model.log_marginal(x) - model.exact_elbo(x)).detach()
+    slack = r.gap - best
+    assert slack.mean() < 3 * slack.std() / math.sqrt(len(slack))
+    if noise < 0.1:
+        excess = (r.selection_gap - exact)[moved]
+        assert excess.mean() > 3 * excess.std() / moved.sum().sqrt(), excess.mean()
 
 
 def test_refuses_non_gaussian_encoders_and_objectives(lab):
@@ -132,9 +165,9 @@ def test_cli_amortize_writes_json_and_csv(tmp_path, capsys):
     for key in ("cell", "n_points", "steps", "K", "bound_amortized", "bound_per_datapoint", "gap", "gap_se"):
         assert key in summary
     assert summary["cell"] == cell.id and summary["n_points"] == 10 and summary["K"] == 2
-    assert summary["objective"] == "iwae" and summary["gap"] >= 0
+    assert summary["objective"] == "iwae" and summary["selection_gap"] >= 0
     table = pd.read_csv(run / "amortization.csv")
-    assert len(table) == 10 and (table.bound_per_datapoint >= table.bound_amortized).all()
+    assert len(table) == 10 and (table.selection_gap >= 0).all()
     assert "amortization gap" in capsys.readouterr().err
 
     out = tmp_path / "elsewhere" / "gap.json"

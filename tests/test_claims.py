@@ -31,7 +31,8 @@ def summary_rows():
 
 def gradvar_rows(slope=0.5):
     """SNR = 3 K^slope for the decoder at the final step (step 10), and K^-slope for the
-    encoder; the initial snapshot (step 0) must be ignored."""
+    encoder, 1000 draws each (floor sqrt(2 / (1000 pi)) = 0.025, 3x of it 0.076: every value
+    is above); the initial snapshot (step 0) must be ignored."""
     rows = []
     for K in (1, 10, 100):
         for step in (0, 10):
@@ -39,7 +40,8 @@ def gradvar_rows(slope=0.5):
                 rows.append({"cell": f"e/d/m/iwae/K{K}/reparam/seed0", "experiment": "e", "dataset": "d", "model": "m",
                              "objective": "iwae", "trained_objective": "iwae", "K": K, "estimator": "reparam",
                              "trained_estimator": "reparam", "seed": 0, "group": group, "step": step,
-                             "skipped": None, "snr_median": snr if step else 1.0, "var_mean": 1 / K})
+                             "skipped": None, "snr_mean": snr if step else 1.0, "var_mean": 1 / K,
+                             "draws": 1000})
     return pd.DataFrame(rows)
 
 
@@ -132,3 +134,16 @@ def test_malformed_claims_are_one_line(bad, words):
     with pytest.raises(LvmbenchError) as err:
         check_claims(bad)
     assert "\n" not in str(err.value) and all(w in str(err.value) for w in words)
+
+
+def test_slope_leaves_out_snr_at_its_monte_carlo_floor():
+    """With 10 draws the SNR floor is sqrt(2 / (10 pi)) = 0.252, and 3x of it 0.757: the encoder's
+    SNR K^-0.5 is 0.316 at K=10 and 0.1 at K=100, both below, so one K is left and the slope is
+    not run; the decoder's (3, 9.5, 30) all enter and give 0.5 exactly."""
+    few = gradvar_rows(0.5).assign(draws=10)
+    enc = one(claim(check="slope", metric="snr:encoder", a={"estimator": "reparam"}, along="K", target=-0.5,
+                    tolerance=0.1), gradvar=few)
+    assert enc.result == "not run" and "fewer than two" in enc.detail
+    dec = one(claim(check="slope", metric="snr:decoder", a={"estimator": "reparam"}, along="K", target=0.5,
+                    tolerance=0.1), gradvar=few)
+    assert dec.result == "pass" and dec.value == pytest.approx(0.5, abs=1e-12)

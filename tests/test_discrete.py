@@ -167,7 +167,7 @@ def test_list_shows_new_entries(capsys):
     assert listing["models"]["catvae"]["relaxable"] is True
     assert listing["models"]["vqvae"]["deterministic"] is True
     assert listing["estimators"]["vimco"]["min_K"] == 2
-    assert "more than one sample" in listing["estimators"]["stl"]["bias"]  # the condition, in words
+    assert "> 1 sample" in listing["estimators"]["stl"]["bias"]  # the condition, in words
     assert "4096" in listing["models"]["sbn"]["exact"]
     assert listing["estimators"]["gumbel"]["options"]["temperature"] == 1.0
     assert listing["estimators"]["straight_through"]["needs_model"] == ["relaxable", "straight_through"]

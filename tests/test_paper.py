@@ -77,7 +77,8 @@ def test_published_table_values():
     Ks = np.array([1, 10, 100])
     gradvar = pd.DataFrame([{"experiment": "e", "dataset": "d", "model": "m", "trained_objective": "iwae",
                              "objective": "iwae", "K": k, "estimator": "reparam", "group": "decoder", "seed": 0,
-                             "snr_median": 3 * np.sqrt(k), "skipped": np.nan, "final_step": True} for k in Ks])
+                             "snr_mean": 3 * np.sqrt(k), "draws": 1000, "skipped": np.nan, "final_step": True}
+                            for k in Ks])
     published = [GOOD, {**GOOD, "K": 50, "value": 84.0},
                  {**GOOD, "metric": "snr_slope", "group": "decoder", "estimator": "reparam", "value": 0.5,
                   "tolerance": 0.1}]

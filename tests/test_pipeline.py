@@ -56,8 +56,8 @@ def job_counts(output: str) -> dict[str, int]:
 
 
 def train_jobs(counts: dict[str, int]) -> int:
-    """Train jobs in a job-count table: one rule per bundle, train_<i>."""
-    return sum(n for rule, n in counts.items() if re.fullmatch(r"train_[0-9]+", rule))
+    """Train jobs in a job-count table: one rule per bundle, train_<Bundle.key>."""
+    return sum(n for rule, n in counts.items() if re.fullmatch(r"train_[0-9a-f]{12}", rule))
 
 
 def load(path: Path) -> dict:
@@ -154,9 +154,13 @@ def test_tiny_run_tables(tiny_run):
     skipped = plan(load(TINY_CONFIG)).skipped
     expected = {
         "summary.csv": {"cell", "experiment", "dataset", "model", "objective", "K", "estimator", "seed", "status",
-                        "test_log_px", "test_log_px_se", "test_nll", "exact_log_px", "ordering_passed"},
-        "ordering.csv": {"cell", "passed", "worst", "worst_z", "threshold"},
-        "gradvar.csv": {"cell", "estimator", "K", "step", "group", "snr_mean", "var_mean"},
+                        "test_log_px", "test_log_px_se", "test_nll", "exact_log_px", "ordering_passed",
+                        "ordering_reference", "ais_log_px", "bdmc_width"},
+        "ordering.csv": {"cell", "passed", "reference", "simulated_reference", "worst", "worst_z", "threshold"},
+        "ordering_checks.csv": {"cell", "data", "reference", "lower", "upper", "z", "passed"},
+        "sandwich.csv": {"cell", "L_K_eval", "ais_log_px", "ais_gain", "bdmc_lower", "bdmc_upper", "bdmc_width"},
+        "gradvar.csv": {"cell", "estimator", "K", "step", "at", "group", "snr_mean", "snr_floor", "frac_at_floor",
+                        "var_mean", "relative_bias"},
         "skipped.csv": {"experiment", "dataset", "model", "objective", "K", "estimator", "seed", "reason"},
         "bound_curve.csv": {"cell", "k", "mean", "se"},
     }
@@ -164,15 +168,37 @@ def test_tiny_run_tables(tiny_run):
         df = pd.read_csv(tables / name)
         assert columns <= set(df.columns), f"{name} lacks {sorted(columns - set(df.columns))}"
     assert len(pd.read_csv(tables / "skipped.csv")) == len(skipped)
-    for name in ("summary.md", "summary.tex", "ordering.md", "gradvar.md", "skipped.md"):
+    for name in ("summary.md", "summary.tex", "ordering.md", "sandwich.md", "gradvar.md", "skipped.md"):
         assert (tables / name).stat().st_size > 0, name
 
 
 @pytest.mark.slow
 def test_tiny_run_bound_ordering_passes(tiny_run):
-    ordering = pd.read_csv(tiny_run / "results" / "tables" / "ordering.csv")
-    assert len(ordering) == len(plan(load(TINY_CONFIG)).cells)
+    ordering = pd.read_csv(tiny_run / "results" / "tables" / "ordering.csv").set_index("cell")
+    planned = plan(load(TINY_CONFIG))
+    assert len(ordering) == len(planned.cells)
     assert ordering.passed.all(), ordering[~ordering.passed]
+    for cell in planned.cells:  # the reference each run's checks used
+        row, ais = ordering.loc[cell.id], planned.measurements[cell.id].ais
+        exact = cell.model_name in ("gmm", "linear_gaussian")
+        assert row.reference == ("exact" if exact else "ais" if ais else "largest_k"), cell.id
+        assert (row.simulated_reference == "bdmc_upper") if ais else pd.isna(row.simulated_reference), cell.id
+
+
+@pytest.mark.slow
+def test_tiny_run_tables_carry_ais_and_bdmc(tiny_run):
+    """The runs evaluated with AIS show it beside L_K_eval, and the BDMC sandwich, in
+    summary.csv and sandwich.csv."""
+    tables = tiny_run / "results" / "tables"
+    planned = plan(load(TINY_CONFIG))
+    annealed = {c for c, m in planned.measurements.items() if m.ais is not None}
+    summary = pd.read_csv(tables / "summary.csv").set_index("cell")
+    sandwich = pd.read_csv(tables / "sandwich.csv").set_index("cell")
+    assert set(sandwich.index) == annealed
+    assert summary.loc[sorted(annealed), ["ais_log_px", "test_log_px", "bdmc_width"]].notna().all().all()
+    assert summary.drop(sorted(annealed)).ais_log_px.isna().all()
+    assert (sandwich.bdmc_upper >= sandwich.bdmc_lower - 5 * sandwich.bdmc_width_se - 1e-9).all()
+    assert "sandwich" in (tables / "sandwich.md").read_text()
 
 
 @pytest.mark.slow
@@ -212,6 +238,7 @@ def test_tiny_run_is_complete_and_edits_rerun_only_affected_jobs(tiny_run, tmp_p
 @pytest.mark.slow
 @pytest.mark.parametrize("edit, rule", [
     (lambda c: c["eval"].update(n_test=20), "evaluate"),
+    (lambda c: c["ais"].update(temperatures=5), "evaluate"),
     (lambda c: c["gradvar"].update(draws=3), "gradvar"),
     (lambda c: c["amortization"].update(steps=5), "amortize"),
 ])
@@ -227,6 +254,8 @@ def test_tiny_run_measurement_edits_rerun_only_that_measurement(tiny_run, edit, 
         counts = job_counts(snakemake(tiny_run, "-n", "--quiet", "rules").stdout)
         planned = plan(config)
         expected = len(planned.amortized()) if rule == "amortize" else len(planned.cells)
+        if config["ais"] != load(TINY_CONFIG)["ais"]:  # an AIS edit reruns the evaluation of its cells only
+            expected = sum(m.ais is not None for m in planned.measurements.values())
         assert {k: v for k, v in counts.items() if k not in ("plan", "all")} == \
             {rule: expected, "aggregate": 1, "plot": 1}, counts
         workdir_with(tiny_run, {**load(TINY_CONFIG), "device": "auto", "threads": 2})
@@ -244,9 +273,12 @@ def test_tiny_run_measurements_record_their_settings(tiny_run):
     for cell in planned.cells:
         run = tiny_run / "results" / "runs" / cell.id
         m = planned.measurements[cell.id]
-        assert json.loads((run / "eval.json").read_text())["settings"] == m.eval.to_dict()
+        evaluated = json.loads((run / "eval.json").read_text())
+        assert evaluated["settings"] == m.eval.to_dict()
+        assert (evaluated["ais"]["settings"] == m.ais.to_dict()) if m.ais is not None else "ais" not in evaluated
         gv = pd.read_csv(run / "gradvar.csv")
         assert (gv.draws == m.gradvar.draws).all() and (gv.gradvar_batch_size == m.gradvar.batch_size).all()
+        assert (gv["at"] == m.gradvar.at).all()
         assert json.loads((run / "cell.json").read_text()) == cell.to_dict()
         if m.amortize is not None:
             assert json.loads((run / "amortization.json").read_text())["settings"] == m.amortize.to_dict()

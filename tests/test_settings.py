@@ -18,6 +18,7 @@ import yaml
 from lvmbench.errors import LvmbenchError
 from lvmbench.settings import (
     LABEL,
+    AISSettings,
     AmortizeSettings,
     Cell,
     EvalSettings,
@@ -38,13 +39,13 @@ def schema_block(name: str) -> dict:
     """The schema's properties for a settings block."""
     if name == "workflow":
         return {f.name: SCHEMA["properties"][f.name] for f in fields(WorkflowSettings)}
-    if name == "amortization":
-        return {k: v for k, v in SCHEMA["properties"]["amortization"]["properties"].items() if k != "match"}
+    if name in ("amortization", "ais"):
+        return {k: v for k, v in SCHEMA["properties"][name]["properties"].items() if k != "match"}
     return SCHEMA["$defs"][name]["properties"]
 
 
 BLOCKS = {"train": TrainSettings, "eval": EvalSettings, "gradvar": GradvarSettings,
-          "amortization": AmortizeSettings, "workflow": WorkflowSettings}
+          "amortization": AmortizeSettings, "ais": AISSettings, "workflow": WorkflowSettings}
 
 
 def _base(hint):
@@ -144,6 +145,9 @@ def test_config_readme_states_the_dataclass_defaults_and_ranges(block):
     (GradvarSettings, {"draws": 1}, ["draws", ">= 2"]),
     (AmortizeSettings, {"steps": 0}, ["steps", ">= 1"]),
     (AmortizeSettings, {"objective": "piwae"}, ["objective", "elbo"]),
+    (AISSettings, {"target_accept": 1.0}, ["target_accept", "< 1"]),
+    (AISSettings, {"schedule": "linear"}, ["schedule", "sigmoid"]),
+    (GradvarSettings, {"at": "end"}, ["at", "optimum"]),
     (WorkflowSettings, {"device": "tpu"}, ["device", "tpu"]),
     (WorkflowSettings, {"data_dir": ""}, ["data_dir", "empty"]),
     (WorkflowSettings, {"results": ""}, ["results", "empty"]),

@@ -1,123 +1,112 @@
-"""Signal-to-noise ratios of IWAE gradients on Rainforth et al.'s (2018) linear-Gaussian toy.
+"""Signal-to-noise ratios of IWAE gradients on Rainforth et al.'s (2018) linear-Gaussian toy,
+measured by the pipeline's own code (lvmbench.measure.gradvar, ``at: optimum``).
 
 Rainforth, Kosiorek, Le, Maddison, Igl, Wood, Teh (2018), "Tighter variational bounds
 are not necessarily better": with K importance samples the decoder gradient's SNR grows
 like sqrt(K) and the encoder's (pathwise, IWAE) shrinks like 1/sqrt(K); Tucker et al.'s
 (2018) DReG estimator makes the encoder's SNR grow with K instead.
 
-Setting: x_dim = 20, mu_true ~ N(0, I), x ~ N(mu_true, 2I), N = 1024; the default
-``linear_gaussian`` model (identity decoder, q std sqrt(2/3)) at the optimum mu = mean(x),
-A = I/2, b = mu/2, plus N(0, 0.01^2) noise; a minibatch of 32 points, gradients of the
-minibatch mean. SNR per parameter component = |E[g]| / std[g] over 1000 independent
-draws, averaged over the decoder's (mu, 20) and the encoder's (A, b: 420) components.
+Setting: the ``gaussian_toy`` dataset (x_dim = 20, x ~ N(mu_true, 2I), 1024 training
+points) and the default ``linear_gaussian`` model (identity decoder, q std sqrt(2/3)) at its
+exact optimum, mu = mean(x), A = I/2, b = mu/2 (``set_to_optimum``), plus N(0, 0.01^2) noise
+on every component; a random minibatch of 32 points, gradients of the bound summed over
+it. SNR per component = |E[g]| / std[g]; the summary is the mean over the decoder's (mu, 20)
+and the encoder's (A, b: 420) components, and slopes are fitted over the K whose SNR is at
+least 3x the Monte Carlo floor sqrt(2/(pi M)) (lvmbench.stats.snr_slope).
 """
 
 from __future__ import annotations
-
-import contextlib
-import math
 
 import numpy as np
 import pytest
 import torch
 
-from lvmbench.estimators import gradients, make_estimator
+from lvmbench.data import load_dataset
+from lvmbench.measure.gradvar import gradient_variance, move_to_optimum
 from lvmbench.models import build_model
 from lvmbench.objectives import make_objective
-
-try:
-    from lvmbench.models.base import fast_distributions
-except ImportError:  # validation off only speeds the loop up
-    fast_distributions = contextlib.nullcontext
-
-KS = (1, 4, 16, 64, 256)
-D, N, BATCH = 20, 1024, 32
-GROUPS, REPS = 40, 25  # 1000 draws per K
+from lvmbench.rng import stream
+from lvmbench.stats import snr_slope
 
 
-def _toy_model(seed: int = 0):
-    g = torch.Generator().manual_seed(seed)
-    mu_true = torch.randn(D, generator=g)
-    x = mu_true + math.sqrt(2) * torch.randn(N, D, generator=g)
-    model = build_model("linear_gaussian", D)
-    e = model.encoder_net
-    with torch.no_grad():
-        model.mu.copy_(x.mean(0))
-        e.A.copy_(torch.eye(D) / 2)
-        e.b.copy_(x.mean(0) / 2)
-        for p in (model.mu, e.A, e.b):
-            p.add_(0.01 * torch.randn(p.shape, generator=g))
-    assert [p.numel() for p in model.decoder_parameters()] == [D]
-    assert sum(p.numel() for p in model.encoder_parameters()) == D * D + D
-    return model, x[:BATCH]
+def _toy(cell_seed: int = 0):
+    """The model and minibatch the default run's gradvar (seed 0) measures for a cell seed."""
+    data = load_dataset("gaussian_toy", None)
+    torch.manual_seed(cell_seed)
+    model = build_model("linear_gaussian", 20)
+    move_to_optimum(model, data.train, noise=0.01, seed=0, index=(cell_seed,))
+    order = torch.randperm(data.train.shape[0], generator=stream(0, "gradients_batch", index=(cell_seed,)))
+    return model, data.train[order[:32]]
 
 
-def _snr(model, x, estimator: str, K: int, seed: int, groups: int = GROUPS, reps: int = REPS) -> tuple[float, float]:
-    """(decoder, encoder) mean SNR over components from groups x reps draws.
+def _snr(model, x, Ks, draws, estimators=("reparam", "dreg"), cell_seed: int = 0):
+    frames = [gradient_variance(model, make_objective("iwae"), "linear_gaussian", x, K, list(estimators), draws,
+                                seed=0, index=(cell_seed,), progress=False) for K in Ks]
+    import pandas as pd
 
-    The minibatch is repeated ``reps`` times along the batch, so one backward pass gives the
-    mean of ``reps`` independent draws; std of one draw = sqrt(reps) * sd over the group means.
-    """
-    theta, phi = model.decoder_parameters(), model.encoder_parameters()
-    fn, obj = make_estimator(estimator), make_objective("iwae")
-    xr = x.repeat(reps, 1)
-    torch.manual_seed(seed)
-    rows = []
-    for _ in range(groups):
-        with fast_distributions():
-            parts = fn(model, obj, xr, K)
-        g_theta, g_phi = gradients(parts, theta, phi)
-        rows.append(torch.cat([g.reshape(-1) for g in g_theta + g_phi]).double())
-    G = torch.stack(rows)
-    snr = G.mean(0).abs() / (G.std(0) * math.sqrt(reps))
-    n_theta = sum(p.numel() for p in theta)
-    return snr[:n_theta].mean().item(), snr[n_theta:].mean().item()
-
-
-def _slope(values) -> float:
-    return float(np.polyfit(np.log(KS), np.log(values), 1)[0])
+    return pd.concat(frames).set_index(["estimator", "group", "K"]).sort_index()
 
 
 @pytest.mark.slow
-def test_rainforth_snr_scaling(one_thread, capsys):
-    """Log-log slopes of SNR against K = 1..256.
-
-    Tolerances: the theory gives +0.5 (decoder) and -0.5 (encoder, IWAE + reparam) as
-    K -> infinity. Measured here (seeds 0-2): decoder 0.45-0.47, encoder -0.32 to -0.34,
-    DReG encoder +0.30. The encoder's slope is pulled towards 0 because at K = 256 its SNR
-    (~0.03) nears the floor of the |mean| estimate with 1000 draws (E|N(0, 1/1000)| ~ 0.025),
-    so the test asks for a clearly negative slope (< -0.2), a decoder slope in
-    [0.35, 0.65], and a positive DReG encoder slope (> 0.1); each bound is > 5 measured
-    seed-to-seed standard deviations (~0.01) from the values above.
-    """
-    model, x = _toy_model(seed=0)
-    results = {}
-    for estimator in ("reparam", "dreg"):
-        results[estimator] = [_snr(model, x, estimator, K, seed=1000 * i + 7) for i, K in enumerate(KS)]
-    dec = [d for d, _ in results["reparam"]]
-    enc = [e for _, e in results["reparam"]]
-    enc_dreg = [e for _, e in results["dreg"]]
-    slopes = {"decoder": _slope(dec), "encoder (reparam)": _slope(enc), "encoder (dreg)": _slope(enc_dreg)}
+def test_rainforth_snr_slopes(one_thread, capsys):
+    """Slopes over K = 4, 16, 64 with 5000 draws per K (the default run's snr experiment):
+    decoder within 0.1 of +0.5, IWAE-reparam encoder within 0.1 of -0.5, DReG encoder
+    positive. Measured (seeds 0 and 1): decoder +0.48 and +0.47, encoder -0.45 and -0.45
+    (K = 64, at 2.6x the floor, is left out), DReG encoder about +0.3. K starts at 4 since
+    the rates are asymptotic: the decoder's local slope is 0.38 (seed 0) and 0.31 (seed 1)
+    from K = 2 to 4, 0.53 from 16 to 64. The tolerance of 0.1 is the issue's target, about 5
+    seed-to-seed standard deviations (~0.01) from the measured values."""
+    model, x = _toy(0)
+    df = _snr(model, x, (4, 16, 64), 5000)
+    slopes = {}
+    for est, group in (("reparam", "decoder"), ("reparam", "encoder"), ("dreg", "encoder")):
+        d = df.loc[(est, group)]
+        slopes[f"{est} {group}"], _ = snr_slope(d.index.to_numpy(), d.snr_mean.to_numpy(), d.snr_floor.to_numpy())
     with capsys.disabled():
-        print("\n[Rainforth toy, iwae] mean SNR over components, 1000 draws per K")
-        print("    K     decoder   encoder(reparam)   encoder(dreg)")
-        for K, d, e, r in zip(KS, dec, enc, enc_dreg):
-            print(f"    {K:<5d} {d:8.4f}   {e:10.4f}         {r:10.4f}")
-        print("    log-log slopes: " + ", ".join(f"{k} {v:+.3f}" for k, v in slopes.items()))
-    assert 0.35 <= slopes["decoder"] <= 0.65, slopes
-    assert slopes["encoder (reparam)"] < -0.2, slopes
-    assert slopes["encoder (dreg)"] > 0.1, slopes
-    assert dec[-1] > 5 * dec[0] and enc[-1] < 0.5 * enc[0] and enc_dreg[-1] > 2 * enc_dreg[0]
+        print("\n[Rainforth toy at the optimum + N(0, 0.01^2), iwae] mean SNR over components, 5000 draws per K")
+        print(df[["snr_mean", "snr_floor", "frac_at_floor"]].to_string())
+        print("    slopes over the K above 3x the floor: " + ", ".join(f"{k} {v:+.3f}" for k, v in slopes.items()))
+    assert abs(slopes["reparam decoder"] - 0.5) <= 0.1, slopes
+    assert abs(slopes["reparam encoder"] + 0.5) <= 0.1, slopes
+    assert slopes["dreg encoder"] > 0, slopes
 
 
+@pytest.mark.slow
 def test_snr_directions_quick(one_thread):
-    """Fast version (K = 1 vs 16, 200 draws): the decoder's SNR rises, the IWAE encoder's
-    falls, DReG's encoder's rises. Expected ratios (from the slow test): 3.4, 0.31, 1.48;
-    thresholds 2, 0.6, 1.15 leave room for the 200-draw noise (|mean| floor ~0.06, which
-    inflates the small encoder SNR at K = 16, hence the loose 0.6)."""
-    model, x = _toy_model(seed=0)
-    r1, r16 = (_snr(model, x, "reparam", K, seed=K, groups=20, reps=10) for K in (1, 16))
-    d1, d16 = (_snr(model, x, "dreg", K, seed=K + 1, groups=20, reps=10) for K in (1, 16))
-    assert r16[0] > 2 * r1[0], (r1, r16)
-    assert r16[1] < 0.6 * r1[1], (r1, r16)
-    assert d16[1] > 1.15 * d1[1], (d1, d16)
+    """K = 1 vs 16, 500 draws: the decoder's SNR rises, the IWAE encoder's falls, DReG's
+    encoder's rises. Measured ratios (5000 draws, seed 0): 3.0, 0.29, 1.46; thresholds 1.5,
+    0.7 and 1.1 leave room for the 500-draw noise (floor 0.036: the encoder's SNR at K = 16,
+    ~0.06, is inflated by it, hence the loose 0.7)."""
+    model, x = _toy(0)
+    df = _snr(model, x, (1, 16), 500).snr_mean
+    ratio = {k: df.loc[k + (16,)] / df.loc[k + (1,)] for k in (("reparam", "decoder"), ("reparam", "encoder"),
+                                                               ("dreg", "encoder"))}
+    assert ratio[("reparam", "decoder")] > 1.5 and ratio[("reparam", "encoder")] < 0.7, ratio
+    assert ratio[("dreg", "encoder")] > 1.1, ratio
+    assert np.isfinite(list(ratio.values())).all()
+
+
+def test_draws_per_pass():
+    """r divides the draws, fits max_samples, and leaves at least min(draws, 100) groups."""
+    from lvmbench.measure.gradvar import draws_per_pass
+
+    assert draws_per_pass(100, 10, 10 ** 9) == 1  # 100 groups of 1
+    assert draws_per_pass(5000, 3200, 200_000) == 50  # 62 would fit; 50 leaves 100 groups
+    assert draws_per_pass(5000, 10 ** 6, 200_000) == 1  # one draw does not fit: one at a time
+    assert draws_per_pass(1000, 100, 1000) == 10
+
+
+def test_batched_draws_estimate_the_per_draw_variance(lab):
+    """Drawing 2 gradients per backward pass (the minibatch repeated) and scaling the
+    variance of the group means by 2 estimates the same per-draw variance as one draw per
+    pass: the ratio of the two variance estimates (mean over components) lies in [0.6, 1.6]
+    (the central 99% of an F(99, 199) ratio is [0.64, 1.57]), and the mean SNRs agree within
+    20% (each has a relative SE of ~5% with 200 draws)."""
+    model, x = lab.lg(x_dim=3, z_dim=2, B=8)
+    obj = make_objective("iwae")
+    one = gradient_variance(model, obj, "linear_gaussian", x, 3, ["reparam"], 200, seed=1, max_samples=1, progress=False)
+    two = gradient_variance(model, obj, "linear_gaussian", x, 3, ["reparam"], 200, seed=2, max_samples=2 * 8 * 3,
+                            progress=False)
+    ratio = two.var_mean / one.var_mean
+    assert ((0.6 < ratio) & (ratio < 1.6)).all(), ratio
+    assert ((two.snr_mean / one.snr_mean - 1).abs() < 0.2).all(), (two.snr_mean, one.snr_mean)

@@ -22,18 +22,29 @@ approximated by optimising free per-point parameters, started at the encoder's o
   this is exactly N independent optimisations.
 * evaluation: E[f_K] is estimated from K_eval samples per point, split into groups of the
   objective's group size (K for iwae, 1 for the ELBO; see :mod:`lvmbench.objectives`),
-  with *common random numbers*: the same seed, hence the same eps, at every evaluation.
-  The log-weights come from :func:`lvmbench.models.base.log_weights` with the per-point
-  q as the proposal. L_{K_eval} = log (1/K_eval) sum_k w_k (a log p(x) estimate, Burda et
-  al. 2016) is reported from the same samples.
-* guarantee: every ``check_every`` steps and after the last one, each point keeps the
-  parameters with the best common-random-number estimate seen so far (the encoder's own
-  output included), so the reported ``bound_per_datapoint >= bound_amortized`` holds
-  exactly, point by point (never a worse q than the encoder's under that estimate).
+  with *common random numbers*: the same seed, hence the same eps, at every evaluation of
+  one sample set. The log-weights come from :func:`lvmbench.models.base.log_weights` with
+  the per-point q as the proposal. L_{K_eval} = log (1/K_eval) sum_k w_k (a log p(x)
+  estimate, Burda et al. 2016) is reported from the same samples.
+* selection, then an independent report: every ``check_every`` steps and after the last
+  one, each point keeps the parameters with the best estimate seen so far on the
+  *selection* samples (the encoder's own output included, so on those samples the kept q
+  is never worse than the encoder's). Keeping the maximum of noisy estimates biases them
+  upward, so the reported bounds of the encoder's q and of the kept q come from a second,
+  independent *report* sample set: given the selection, they are unbiased estimates of the
+  two expected bounds, and their difference of the amortization gap of the kept q
+  (Cremer et al. 2018 select the per-datapoint q on samples other than those they report).
+  The selection-set gap (``selection_gap``, >= 0 on every point) is kept for comparison;
+  its excess over the reported gap measures the selection bias.
 
-The amortization gap is the mean over points of bound_per_datapoint - bound_amortized,
-with the standard error of the paired differences. With ``steps`` finite, q*_x is only
-approached, so this is a lower estimate of the gap in expectation.
+The amortization gap is the mean over points of bound_per_datapoint - bound_amortized on
+the report samples, with the standard error of the paired differences (points where the
+encoder's q was kept contribute exactly 0). With ``steps`` finite, q*_x is only
+approached, so this is a lower estimate of the gap of the best q in expectation.
+
+Random streams (lvmbench.rng, from the amortization seed): ``amortization`` for the
+optimisation's samples, ``amortization_selection`` and ``amortization_evaluation`` for the
+selection and report sample sets, ``amortization_binarization`` for the test points.
 """
 
 from __future__ import annotations
@@ -51,11 +62,12 @@ from tqdm.auto import tqdm
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.io import save_csv, save_json
-from lvmbench.models.base import LatentVariableModel, log_weights
-from lvmbench.objectives import Objective, grouped_iwae, make_objective
-from lvmbench.rng import forked_rng
+from lvmbench.models.base import LatentVariableModel, gaussian_family, log_weights
+from lvmbench.objectives import Objective, grouped_iwae
+from lvmbench.grid import amortization_objective, amortization_sizes
+from lvmbench.rng import forked_rng, stream, stream_seed
 from lvmbench.runs import RunDir, holds_run, load_trained
-from lvmbench.settings import AmortizeSettings, Cell
+from lvmbench.settings import AmortizeSettings
 from lvmbench.stats import log_mean_exp, mean_se
 
 
@@ -87,11 +99,10 @@ class PerPointGaussian:
     """
 
     def __init__(self, q: Distribution, n: int):
-        if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
-            self.family = "diagonal"
+        self.family = gaussian_family(q)
+        if self.family == "diagonal":
             loc, scale = q.base_dist.loc, q.base_dist.scale.log()
-        elif isinstance(q, MultivariateNormal):
-            self.family = "full"
+        elif self.family == "full":
             self._to_tril = transform_to(constraints.lower_cholesky)
             loc, scale = q.loc, self._to_tril.inv(q.scale_tril)
         else:
@@ -157,8 +168,9 @@ class AmortizationResult:
     """Per-point results (tensors of shape (N,), float64, on the CPU) and the settings.
 
     ``bound_*`` are common-random-number estimates of the optimised objective under the
-    encoder's q and the per-point q; ``log_px_*`` are L_{K_eval} from the same samples;
-    ``best_step`` is the step whose parameters are kept (0 = the encoder's);
+    encoder's q and the kept per-point q on the report samples; ``log_px_*`` are L_{K_eval}
+    from the same samples; ``selection_gap`` is the gap on the selection samples (biased
+    upward, >= 0); ``best_step`` is the step whose parameters are kept (0 = the encoder's);
     ``q_amortized`` / ``q_per_datapoint`` are the two families of distributions (batch N)."""
 
     objective: str
@@ -174,13 +186,15 @@ class AmortizationResult:
     log_px_amortized: Tensor
     log_px_per_datapoint: Tensor
     exact_log_px: Tensor | None
+    selection_gap: Tensor
     best_step: Tensor
     q_amortized: Distribution
     q_per_datapoint: Distribution
 
     @property
     def gap(self) -> Tensor:
-        """Amortization gap per point: bound_per_datapoint - bound_amortized (>= 0)."""
+        """Amortization gap per point on the report samples: bound_per_datapoint - bound_amortized
+        (an unbiased estimate of the kept q's gap; 0 where the encoder's q was kept)."""
         return self.bound_per_datapoint - self.bound_amortized
 
     def table(self, index: Tensor | np.ndarray | None = None) -> pd.DataFrame:
@@ -191,6 +205,7 @@ class AmortizationResult:
             "bound_amortized": self.bound_amortized.numpy(),
             "bound_per_datapoint": self.bound_per_datapoint.numpy(),
             "gap": self.gap.numpy(),
+            "selection_gap": self.selection_gap.numpy(),
             "best_step": self.best_step.numpy(),
             "log_px_amortized": self.log_px_amortized.numpy(),
             "log_px_per_datapoint": self.log_px_per_datapoint.numpy(),
@@ -212,6 +227,7 @@ class AmortizationResult:
         for name, values, with_se in (
                 ("bound_amortized", self.bound_amortized, True),
                 ("bound_per_datapoint", self.bound_per_datapoint, True), ("gap", self.gap, True),
+                ("selection_gap", self.selection_gap, True),
                 ("log_px", log_px, False), ("approximation_gap", log_px - self.bound_per_datapoint, True),
                 ("log_px_amortized", self.log_px_amortized, False),
                 ("log_px_per_datapoint", self.log_px_per_datapoint, False)):
@@ -227,7 +243,8 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
                             seed: int = 0, max_samples: int = 200_000,
                             progress: bool = False) -> AmortizationResult:
     """Optimise a separate Gaussian q_i for every row of ``x`` (all at once), starting at the
-    encoder's output, and evaluate the bound before and after (module docstring).
+    encoder's output, keep each point's best iterate on the selection samples and report the
+    bound before and after on independent samples (module docstring).
 
     ``objective`` must be a sampled bound with the encoder as proposal; K_eval must be a
     multiple of each of its group sizes (K for iwae). The model is never changed: its
@@ -256,18 +273,17 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
         with torch.no_grad():
             q_enc = model.encoder(x)
         free = PerPointGaussian(q_enc, x.shape[0])
-        eval_seed = seed + 1  # the common random numbers, distinct from the optimisation's stream
 
-        def evaluate() -> tuple[Tensor, Tensor]:
-            return crn_bounds(model, x, free.distribution(), objective, K, K_eval, eval_seed, max_samples)
+        def evaluate(q: Distribution, purpose: str) -> tuple[Tensor, Tensor]:
+            return crn_bounds(model, x, q, objective, K, K_eval, stream_seed(seed, purpose), max_samples)
 
         q_amortized = free.distribution(free.loc.detach().clone(), free.scale.detach().clone())
-        before, lpx_before = evaluate()
-        best = [before.clone(), lpx_before.clone(), free.loc.detach().clone(), free.scale.detach().clone()]
+        before = evaluate(q_amortized, "amortization_selection")[0]
+        best = [before.clone(), free.loc.detach().clone(), free.scale.detach().clone()]
         best_step = torch.zeros(x.shape[0], dtype=torch.long, device=x.device)
 
         opt = torch.optim.Adam(free.params(), lr=lr)
-        with forked_rng(x.device, seed):
+        with forked_rng(x.device, stream_seed(seed, "amortization")):
             for step in tqdm(range(1, steps + 1), desc="per-datapoint", disable=not progress, unit="step"):
                 lw = log_weights(model, x, K, proposal=free.distribution())
                 f = objective.encoder(lw.log_w)  # (N,)
@@ -276,14 +292,16 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
                     p.grad = -torch.where(torch.isfinite(g), g, torch.zeros_like(g))  # ascend; a bad draw skips
                 opt.step()
                 if step % check_every == 0 or step == steps:
-                    bound, lpx = evaluate()
+                    bound = evaluate(free.distribution(), "amortization_selection")[0]
                     better = bound > best[0]  # NaN never wins
                     best[0] = torch.where(better, bound, best[0])
-                    best[1] = torch.where(better, lpx, best[1])
-                    best[2] = torch.where(better[:, None], free.loc.detach(), best[2])
+                    best[1] = torch.where(better[:, None], free.loc.detach(), best[1])
                     mask = better.view(-1, *[1] * (free.scale.dim() - 1))
-                    best[3] = torch.where(mask, free.scale.detach(), best[3])
+                    best[2] = torch.where(mask, free.scale.detach(), best[2])
                     best_step = torch.where(better, torch.full_like(best_step, step), best_step)
+        q_per_datapoint = free.distribution(best[1], best[2])
+        after, lpx_after = evaluate(q_per_datapoint, "amortization_evaluation")
+        report_before, lpx_before = evaluate(q_amortized, "amortization_evaluation")
     finally:
         model.train(was_training)
 
@@ -293,24 +311,15 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
             exact = model.log_marginal(x).double().cpu()
     return AmortizationResult(
         objective=objective.name, K=K, K_eval=K_eval, steps=steps, lr=lr, check_every=check_every, seed=seed,
-        family=free.family, bound_amortized=before.cpu(), bound_per_datapoint=best[0].cpu(),
-        log_px_amortized=lpx_before.cpu(), log_px_per_datapoint=best[1].cpu(), exact_log_px=exact,
-        best_step=best_step.cpu(), q_amortized=q_amortized,
-        q_per_datapoint=free.distribution(best[2], best[3]))
+        family=free.family, bound_amortized=report_before.cpu(), bound_per_datapoint=after.cpu(),
+        log_px_amortized=lpx_before.cpu(), log_px_per_datapoint=lpx_after.cpu(), exact_log_px=exact,
+        selection_gap=(best[0] - before).cpu(), best_step=best_step.cpu(), q_amortized=q_amortized,
+        q_per_datapoint=q_per_datapoint)
 
 
 # ---------------------------------------------------------------------------------------
 # a trained run
 # ---------------------------------------------------------------------------------------
-def default_objective(cell: Cell) -> Objective:
-    """The run's objective when it is a sampled bound with the encoder as proposal, else
-    the ELBO (for runs trained with ``exact`` or ``prior_mc``)."""
-    objective = make_objective(cell.objective_name, **cell.objective_options)
-    if objective.sampled and objective.proposal == "encoder":
-        return objective
-    return make_objective("elbo")
-
-
 @holds_run("amortize")
 def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(),
                  device: torch.device | str | None = None, data_dir: str | None = None,
@@ -318,8 +327,8 @@ def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(
     """Per-datapoint inference on the first ``settings.n_test`` test points (0 = all) of a
     trained run.
 
-    Defaults: the run's objective (:func:`default_objective`) and K, and K_eval = the
-    smallest multiple of K that is >= 1000. Writes the summary, with the settings it was
+    Defaults: the run's objective (:func:`lvmbench.grid.amortization_objective`) and K, and
+    K_eval = the smallest multiple of K that is >= 1000 (:func:`lvmbench.grid.amortization_sizes`). Writes the summary, with the settings it was
     computed with, to ``out`` (default RUN/amortization.json) and the per-point table next
     to it (``.csv``); returns the summary.
     """
@@ -332,11 +341,10 @@ def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(
         save_csv(pd.DataFrame(columns=["point"]), out.with_suffix(".csv"))
         return summary
     cell, data, model, _, _ = load_trained(run, device=device, data_dir=data_dir)
-    obj = make_objective(s.objective) if s.objective else default_objective(cell)
-    K = s.K or cell.K
-    K_eval = s.K_eval or K * math.ceil(1000 / K)
+    obj = amortization_objective(cell, s)
+    K, K_eval = amortization_sizes(cell, s)
     dev = next(model.parameters()).device
-    x = data.observe(data.test[: s.n_test or None].to(dev), torch.Generator(device=dev).manual_seed(s.seed))
+    x = data.observe(data.test[: s.n_test or None], stream(s.seed, "amortization_binarization")).to(dev)
     result = per_datapoint_inference(model, x, obj, K, steps=s.steps, lr=s.lr, K_eval=K_eval,
                                      check_every=s.check_every, seed=s.seed, max_samples=s.max_samples,
                                      progress=progress)

@@ -8,6 +8,17 @@ with K_eval, with max-subtracted log-sum-exp throughout.
 From the same K_eval samples, L_k for every k dividing K_eval is estimated without
 bias by averaging log-mean-exp over the K_eval / k disjoint groups of k samples; this
 uses every sample, unlike the first k alone.
+
+Where the config's ``ais`` block selects the cell, annealed importance sampling
+(:mod:`lvmbench.measure.ais`) estimates log p(x) on the first test points too, and with
+``bdmc_points`` the BDMC sandwich is computed on data simulated from the model,
+(z, x) ~ p: L_1 <= ... <= L_K_eval <= AIS <= log p(x) <= BDMC upper, each inequality
+checked by a paired z-test (:func:`bound_ordering`).
+
+Random streams (lvmbench.rng, from the eval seed): ``evaluation_binarization`` binarizes
+the test set once (importance sampling and AIS see the same binary images),
+``evaluation`` draws the importance samples; the simulated data come from the
+``simulation`` stream's own sub-streams (its ``sampling``, ``evaluation`` and AIS streams).
 """
 
 from __future__ import annotations
@@ -27,10 +38,11 @@ from tqdm.auto import tqdm
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.io import save_json
+from lvmbench.measure.ais import ais_log_px
 from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights
-from lvmbench.rng import forked_rng
+from lvmbench.rng import forked_rng, stream, stream_seed
 from lvmbench.runs import RunDir, holds_run, load_trained
-from lvmbench.settings import EvalSettings
+from lvmbench.settings import AISSettings, EvalSettings
 from lvmbench.stats import log_mean_exp, mean_se
 
 
@@ -122,21 +134,23 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
                     seed: int = 0, progress: bool = True) -> PointEstimates:
     """L_k for every k in ``k_grid`` (divisors of K_eval; K_eval is always included) on every
     test point, with ``batch_size`` points per pass and chunks of at most
-    ``max_samples / batch_size`` samples. Seeded: the same seed gives the same numbers.
-    ``observe`` is the dataset's policy for what the model sees (``Dataset.observe``: for
-    dynamically binarized data a fresh binarization of each test batch, as in Burda et al.),
-    drawn with a generator seeded with ``seed``; None shows ``x`` as it is. A chunk that runs out of GPU memory is retried with half as many
-    samples (the estimate stays valid; its random numbers then differ from an uninterrupted run)."""
+    ``max_samples / batch_size`` samples. Seeded: the same seed gives the same numbers; the
+    samples come from the ``evaluation`` stream of ``seed``. ``observe`` is the dataset's
+    policy for what the model sees (``Dataset.observe``: for dynamically binarized data a
+    fresh binarization of each test batch, as in Burda et al.), drawn from the
+    ``evaluation_binarization`` stream; None shows ``x`` as it is. A chunk that runs out of
+    GPU memory is retried with half as many samples (the estimate stays valid; its random
+    numbers then differ from an uninterrupted run)."""
     k_grid = sorted(set(k_grid or []) | {K_eval})
     bad = [k for k in k_grid if k < 1 or K_eval % k]
     if bad:
         raise LvmbenchError(f"every k in the bound curve must divide K_eval={K_eval}; these do not: {bad}")
     c = chunk_size(K_eval, k_grid, max(1, max_samples // batch_size))
-    gen = torch.Generator(device=x.device).manual_seed(seed)
+    gen = stream(seed, "evaluation_binarization", x.device)
     was_training = model.training
     model.eval()
     bounds, ess, exact = [], [], []
-    with forked_rng(x.device, seed), fast_distributions(), full_fp32():
+    with forked_rng(x.device, stream_seed(seed, "evaluation")), fast_distributions(), full_fp32():
         for start in tqdm(range(0, x.shape[0], batch_size), desc="evaluate", disable=not progress, unit="batch"):
             xb = x[start:start + batch_size]
             if observe is not None:
@@ -163,27 +177,40 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
                           torch.cat(exact).numpy() if exact else None)
 
 
-def bound_ordering(est: PointEstimates, threshold: float = 3.0) -> pd.DataFrame:
-    """Check L_k <= L_k' for consecutive k < k' in the grid and L_k <= log p(x).
+def paired_check(lower_name: str, lower: np.ndarray, upper_name: str, upper: np.ndarray,
+                 threshold: float = 3.0) -> dict:
+    """Is ``lower`` <= ``upper``? A paired z-test on the per-point differences d = upper - lower
+    over their common (first) points: z = mean(d) / se(d); the check fails when
+    z < -threshold, i.e. the value that should be lower is significantly higher."""
+    n = min(len(lower), len(upper))
+    mean, se = mean_se(upper[:n] - lower[:n])
+    z = mean / se if se > 0 else (0.0 if mean >= -1e-9 else -math.inf)
+    return {"lower": lower_name, "upper": upper_name, "mean_diff": mean, "se": se, "z": z, "n": n,
+            "passed": bool(z >= -threshold)}
 
-    log p(x) is exact where the model has it, else the largest-K estimate (which is then
-    not compared with itself). Each check uses the paired per-point differences
-    d = upper - lower: z = mean(d) / se(d). A check fails when z < -threshold, i.e. the
-    bound that should be lower is significantly higher. Returns one row per check.
-    """
-    rows = []
-    reference = est.log_px if est.log_px is not None else est.bounds[:, -1]
-    ref_name = "log p(x) exact" if est.log_px is not None else f"L_{est.k_grid[-1]}"
-    pairs = [(f"L_{a}", est.bounds[:, i], f"L_{b}", est.bounds[:, i + 1])
-             for i, (a, b) in enumerate(zip(est.k_grid[:-1], est.k_grid[1:]))]
-    last = len(est.k_grid) - (0 if est.log_px is not None else 1)
-    pairs += [(f"L_{k}", est.bounds[:, i], ref_name, reference) for i, k in enumerate(est.k_grid[:last])]
-    for lower_name, lower, upper_name, upper in pairs:
-        mean, se = mean_se(upper - lower)
-        z = mean / se if se > 0 else (0.0 if mean >= -1e-9 else -math.inf)
-        rows.append({"lower": lower_name, "upper": upper_name, "mean_diff": mean, "se": se, "z": z,
-                     "passed": bool(z >= -threshold)})
-    return pd.DataFrame(rows)
+
+#: what the top of an ordering chain is, by its name: the reference the checks used
+REFERENCE_KINDS = {"exact log p(x)": "exact", "BDMC upper": "bdmc_upper", "AIS": "ais"}
+
+
+def bound_ordering(est: PointEstimates, threshold: float = 3.0, ais: np.ndarray | None = None,
+                   upper: np.ndarray | None = None) -> pd.DataFrame:
+    """Check the chain L_1 <= ... <= L_K_eval [<= AIS] [<= exact log p(x)] [<= BDMC upper].
+
+    Every consecutive pair is checked, and every lower member against the top of the chain,
+    its *reference*: the BDMC upper bound where given (simulated data), else exact log p(x),
+    else AIS, else the largest-K estimate itself (``largest_k``: a circular check, since
+    L_K_eval is then only compared with smaller k). ``ais`` and ``upper`` may cover only the
+    first points; each check uses the points both sides have (:func:`paired_check`). Returns
+    one row per check, with the ``reference`` kind."""
+    chain = [(f"L_{k}", est.bounds[:, i]) for i, k in enumerate(est.k_grid)]
+    chain += [(name, v) for name, v in (("AIS", ais), ("exact log p(x)", est.log_px), ("BDMC upper", upper))
+              if v is not None]
+    top_name = chain[-1][0]
+    kind = REFERENCE_KINDS.get(top_name, "largest_k")
+    pairs = list(zip(chain[:-1], chain[1:])) + [(low, chain[-1]) for low in chain[:-2]]
+    rows = [paired_check(a, va, b, vb, threshold) for (a, va), (b, vb) in pairs]
+    return pd.DataFrame(rows).assign(reference=kind, reference_name=top_name)
 
 
 @torch.no_grad()
@@ -205,14 +232,13 @@ def active_units(model: LatentVariableModel, x: Tensor, threshold: float = 1e-2,
     return [int(a.sum()) for a in active.split(list(model.latent_sizes))]
 
 
-def summarize(est: PointEstimates, threshold: float = 3.0) -> dict:
+def summarize(est: PointEstimates, threshold: float = 3.0, ais: np.ndarray | None = None) -> dict:
     """JSON-ready summary: log p(x) estimate with its SE, the bound curve, exact log p(x),
-    ESS and the ordering check."""
+    ESS and the ordering check (with the AIS estimates of the first points, if given)."""
     log_px, log_px_se = mean_se(est.bounds[:, -1])
     curve = [{"k": k, "mean": m, "se": s} for k, (m, s) in
              zip(est.k_grid, (mean_se(est.bounds[:, i]) for i in range(len(est.k_grid))))]
-    order = bound_ordering(est, threshold)
-    worst = order.loc[order.z.idxmin()]
+    order = bound_ordering(est, threshold, ais).assign(data="test")
     exact = mean_se(est.log_px) if est.log_px is not None else (None, None)
     return {
         "K_eval": est.k_grid[-1], "n_test": int(est.bounds.shape[0]),
@@ -220,21 +246,52 @@ def summarize(est: PointEstimates, threshold: float = 3.0) -> dict:
         "exact_log_px": exact[0], "exact_log_px_se": exact[1],
         "ess_mean": float(est.ess.mean()),
         "bound_curve": curve,
-        "ordering_passed": bool(order.passed.all()),
-        "ordering_worst_z": float(worst.z),
-        "ordering_worst": f"{worst.lower} <= {worst.upper}",
-        "ordering_checks": order.to_dict("records"),
-        "ordering_threshold": threshold,
+        "ordering_reference": order.reference.iloc[0],
+        **_ordering_verdict(order, threshold),
     }
 
+
+def _ordering_verdict(order: pd.DataFrame, threshold: float) -> dict:
+    worst = order.loc[order.z.idxmin()]
+    return {"ordering_passed": bool(order.passed.all()), "ordering_worst_z": float(worst.z),
+            "ordering_worst": f"{worst.lower} <= {worst.upper}" + (f" ({worst.data})" if worst.data != "test" else ""),
+            "ordering_checks": order.to_dict("records"), "ordering_threshold": threshold}
+
+
+def ais_summary(est: PointEstimates, ais: np.ndarray, acceptance: np.ndarray, settings: AISSettings) -> dict:
+    """AIS log p(x) on its points beside L_K_eval on the same points: the gain AIS - L_K_eval
+    (paired) with its SE; the mean HMC acceptance; the settings."""
+    n = len(ais)
+    log_px, log_px_se = mean_se(ais)
+    gain, gain_se = mean_se(ais - est.bounds[:n, -1])
+    return {"n_points": n, "log_px": log_px, "log_px_se": log_px_se,
+            "L_K_eval": float(est.bounds[:n, -1].mean()), "gain": gain, "gain_se": gain_se,
+            "acceptance": float(acceptance.mean()), "settings": settings.to_dict()}
+
+
+def bdmc_summary(est: PointEstimates, lower: np.ndarray, upper: np.ndarray,
+                 threshold: float) -> tuple[dict, pd.DataFrame]:
+    """The BDMC sandwich on simulated data: forward AIS (lower) and reverse AIS (upper) means
+    with SEs, the width upper - lower (paired) with its SE, L_K_eval and exact log p(x) on
+    the same points; and the ordering checks of the chain up to the upper bound."""
+    order = bound_ordering(est, threshold, lower, upper).assign(data="simulated")
+    (lo, lo_se), (up, up_se), (width, width_se) = mean_se(lower), mean_se(upper), mean_se(upper - lower)
+    out = {"n_points": len(lower), "lower": lo, "lower_se": lo_se, "upper": up, "upper_se": up_se,
+           "width": width, "width_se": width_se, "L_K_eval": float(est.bounds[:, -1].mean()),
+           "exact_log_px": float(est.log_px.mean()) if est.log_px is not None else None}
+    return out, order
 
 
 @holds_run("evaluate")
 def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), device: torch.device | str | None = None,
-                 data_dir: str | None = None, out: str | Path | None = None, progress: bool = True) -> dict:
+                 data_dir: str | None = None, out: str | Path | None = None, progress: bool = True,
+                 ais: AISSettings | None = None) -> dict:
     """Evaluate a trained run with ``settings`` and write ``eval.json`` (or ``out``), which
-    records the settings; returns the result. A run whose training diverged is not evaluated:
-    its result says so."""
+    records the settings; returns the result. With ``ais``, AIS log p(x) on the first
+    ``ais.n_test`` evaluated points and, with ``ais.bdmc_points``, the BDMC sandwich on that
+    many points simulated from the model; their results and settings go into ``ais`` and
+    ``bdmc``, and their checks into the ordering. A run whose training diverged is not
+    evaluated: its result says so."""
     out = Path(out) if out else RunDir(run).file("eval.json")
     diverged = RunDir(run).divergence()
     if diverged:
@@ -244,11 +301,30 @@ def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), devic
     trained = load_trained(run, device=device, data_dir=data_dir)
     model, data, s = trained.model, trained.data, settings
     device = next(model.parameters()).device
-    x_test = data.test[: s.n_test or None].to(device)
+    x_test = data.observe(data.test[: s.n_test or None], stream(s.seed, "evaluation_binarization")).to(device)
     est = estimate_bounds(model, x_test, s.K_eval, list(s.k_grid), s.batch_size, s.max_samples,
-                          observe=data.observe, seed=s.seed, progress=progress)
-    result = {"cell": trained.cell.id, **summarize(est, s.ordering_threshold),
-              "active_units": active_units(model, data.train[: s.active_units_n].to(device), seed=s.seed),
-              "device": str(device), "settings": s.to_dict()}
+                          seed=s.seed, progress=progress)
+    result = {"cell": trained.cell.id, "device": str(device), "settings": s.to_dict(),
+              "active_units": active_units(model, data.train[: s.active_units_n].to(device), seed=s.seed)}
+    if ais is None:
+        result.update(summarize(est, s.ordering_threshold))
+    else:
+        n = min(ais.n_test or x_test.shape[0], x_test.shape[0])
+        a = ais_log_px(model, x_test[:n], ais, s.seed)
+        result.update(summarize(est, s.ordering_threshold, a.log_px.numpy()),
+                      ais=ais_summary(est, a.log_px.numpy(), a.acceptance.numpy(), ais))
+        if ais.bdmc_points:
+            root = stream_seed(s.seed, "simulation")
+            with forked_rng(device, stream_seed(root, "sampling")):
+                z_sim, x_sim = model.sample(ais.bdmc_points)
+            est_sim = estimate_bounds(model, x_sim, s.K_eval, list(s.k_grid), s.batch_size, s.max_samples,
+                                      seed=root, progress=progress)
+            b = ais_log_px(model, x_sim, ais, root, z_exact=z_sim)
+            result["bdmc"], sim_order = bdmc_summary(est_sim, b.log_px.numpy(), b.upper.numpy(),
+                                                     s.ordering_threshold)
+            test_order = pd.DataFrame(result["ordering_checks"])
+            result.update(_ordering_verdict(pd.concat([test_order, sim_order], ignore_index=True),
+                                            s.ordering_threshold),
+                          ordering_simulated_reference=sim_order.reference.iloc[0])
     save_json(result, out)
     return result

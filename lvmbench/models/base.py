@@ -40,6 +40,15 @@ def fast_distributions() -> Iterator[None]:
         Distribution.set_default_validate_args(old)
 
 
+def gaussian_family(q: Distribution) -> str | None:
+    """``"diagonal"`` for an Independent Normal over a vector, ``"full"`` for a
+    MultivariateNormal, else None: the Gaussian families per-datapoint inference can take
+    over from an encoder."""
+    if isinstance(q, Independent) and isinstance(q.base_dist, Normal) and q.reinterpreted_batch_ndims == 1:
+        return "diagonal"
+    return "full" if isinstance(q, MultivariateNormal) else None
+
+
 class BernoulliLogits(Bernoulli):
     """Bernoulli(logits) whose log-density is written as x l - softplus(l): the same value as
     torch's binary cross-entropy with logits, in two fused passes, and fast under

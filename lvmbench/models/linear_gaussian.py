@@ -109,6 +109,43 @@ class LinearGaussian(LatentVariableModel):
         return MultivariateNormal(x @ A.T + b, covariance_matrix=S)
 
     @torch.no_grad()
+    def set_to_optimum(self, x_train: Tensor) -> None:
+        """Move every parameter to the joint optimum of every bound on ``x_train``: theta to
+        the maximum-likelihood estimate, q(z|x)'s mean to the exact posterior mean, and a
+        learned q scale to the exact posterior's (a fixed ``q_scale`` stays).
+
+        Identity decoder: mu = mean(x) (x ~ N(mu, 2 I)); with the fixed isotropic q scale the
+        bounds are even in the offset of q's mean from the posterior mean, so A = I/2,
+        b = mu/2 is their optimum (Rainforth et al. 2018). Linear decoder: probabilistic PCA
+        (Tipping & Bishop 1999), sigma^2 = the mean of the x_dim - z_dim smallest eigenvalues
+        of the sample covariance, W = U (Lambda - sigma^2 I)^(1/2) from the leading ones, mu
+        kept and c = mean(x) - W mu; it needs z_dim < x_dim. With q the exact posterior every
+        bound equals log p(x), its maximum (Burda et al. 2016, theorem 1).
+        """
+        self._refuse_flow("set_to_optimum")
+        mean = x_train.mean(0)
+        if not self.W.requires_grad:  # the identity decoder: only mu is learned
+            self.mu.copy_(mean)
+        else:
+            D, d = self.W.shape
+            if d >= D:
+                raise ValueError(f"the linear decoder's maximum-likelihood estimate is unique only for z_dim < x_dim "
+                                 f"(got z_dim={d}, x_dim={D})")
+            centred = (x_train - mean).double()
+            eigenvalues, vectors = torch.linalg.eigh(centred.T @ centred / x_train.shape[0])  # ascending
+            var = eigenvalues[: D - d].mean()
+            W = vectors[:, D - d:] * (eigenvalues[D - d:] - var).clamp_min(0).sqrt()
+            self.W.copy_(W.to(self.W.dtype))
+            self.log_sigma.copy_(0.5 * var.log().to(self.log_sigma.dtype))
+            self.c.copy_(mean - self.W @ self.mu)
+        A, b, S = self._posterior_affine()
+        e = self.encoder_net
+        e.A.copy_(A)
+        e.b.copy_(b)
+        if e.scale_raw.requires_grad:
+            e.scale_raw.copy_(e._to_tril.inv(torch.linalg.cholesky(S)))
+
+    @torch.no_grad()
     def set_encoder_to_posterior(self) -> None:
         """Make q(z|x) the exact posterior p(z|x) for every x (plain Gaussian encoder only)."""
         self._refuse_flow("set_encoder_to_posterior")
@@ -118,15 +155,17 @@ class LinearGaussian(LatentVariableModel):
         e.b.copy_(b)
         e.scale_raw.copy_(e._to_tril.inv(torch.linalg.cholesky(S)))
 
-    def exact_elbo(self, x: Tensor) -> Tensor:
-        """E_q[log p(z) + log p(x|z) - log q(z|x)] in closed form: (B,).
+    def exact_elbo(self, x: Tensor, q: MultivariateNormal | None = None) -> Tensor:
+        """E_q[log p(z) + log p(x|z) - log q(z|x)] in closed form: (B,), for the encoder's q or
+        any Gaussian ``q`` with batch (B,) (e.g. per-datapoint q_i).
 
         With q = N(m, S):  E_q log N(z; mu, I) = -d/2 log 2pi - (|m - mu|^2 + tr S)/2,
         E_q log N(x; Wz + c, s^2 I) = -D/2 log 2pi s^2 - (|x - Wm - c|^2 + tr(W S W^T)) / (2 s^2).
         Raises NotImplementedError with a flow encoder (q is not Gaussian then).
         """
-        self._refuse_flow("the closed-form exact_elbo")
-        q = self.encoder(x)
+        if q is None:
+            self._refuse_flow("the closed-form exact_elbo")
+            q = self.encoder(x)
         m, S = q.loc, q.covariance_matrix
         d, D = self.mu.shape[0], self.c.shape[0]
         var = self.log_sigma.exp() ** 2

@@ -12,10 +12,18 @@ e.g. on a full disk):
 * ``bound_curve.csv``: the bound curve L_k in long format (cell, k, mean, se).
 * ``summary_grouped.csv``, ``summary.md``, ``summary.tex``: mean and standard deviation
   over seeds of test log p(x) and NLL = -log p(x), exact log p(x), active units.
-* ``ordering.csv`` / ``ordering.md`` (one row per evaluated run) and ``ordering_checks.csv``
-  (every check): the bound-ordering check L_k <= L_k' <= log p(x).
+* ``ordering.csv`` / ``ordering.md`` (one row per evaluated run, with the reference its
+  checks used: exact log p(x), AIS, the largest-K estimate, and on simulated data the BDMC
+  upper bound) and ``ordering_checks.csv`` (every check, with its data and reference): the
+  bound-ordering check L_1 <= ... <= L_K_eval [<= AIS] [<= log p(x)] [<= BDMC upper].
+* ``sandwich.csv`` / ``sandwich.md``: for the runs evaluated with AIS, AIS log p(x) beside
+  L_K_eval on the same test points, and the BDMC sandwich on simulated data (lower, upper,
+  width).
 * ``gradvar.csv`` (every run's rows, skipped estimators kept with their reason) and
-  ``gradvar.md``: SNR and variance at the final snapshot by estimator, K and group.
+  ``gradvar.md``: SNR (mean and median over components, the Monte Carlo floor and the
+  fraction of components at it), variance and bias at the final snapshot (or the exact
+  optimum) by estimator, K and group, and the biased estimators with their condition and
+  measured relative bias.
 * ``skipped.csv`` / ``skipped.md``: the combinations the plan left out, with reasons.
 
 Markdown and LaTeX are written by :func:`render`, so neither tabulate nor jinja2 is needed.
@@ -39,16 +47,23 @@ RUN_KEYS = ["experiment", "dataset", "model", "objective", "K", "estimator", "se
 GROUP_KEYS = RUN_KEYS[:-1]
 SUMMARY_COLUMNS = ["cell", *RUN_KEYS, "model_name", "objective_name", "status", "test_log_px", "test_log_px_se",
                    "test_nll", "K_eval", "n_test", "exact_log_px", "exact_log_px_se", "ess_mean", "bound_curve",
-                   "active_units", "ordering_passed", "amortization_gap", "amortization_gap_se", "final_train_bound",
-                   "steps", "schedule", "wall_time", "device", "run"]
-INT_COLUMNS = ["K_eval", "n_test", "steps"]  # missing for runs not trained or not evaluated
+                   "active_units", "ordering_passed", "ordering_reference", "ais_log_px", "ais_log_px_se", "ais_gain",
+                   "ais_gain_se", "ais_n_test", "bdmc_lower", "bdmc_upper", "bdmc_width", "bdmc_width_se",
+                   "bdmc_points", "amortization_gap", "amortization_gap_se", "final_train_bound", "steps", "schedule",
+                   "wall_time", "device", "run"]
+INT_COLUMNS = ["K_eval", "n_test", "ais_n_test", "bdmc_points", "steps"]  # missing where not measured
 GROUPED_COLUMNS = [*GROUP_KEYS, "n_seeds", "log_px_mean", "log_px_sd", "nll_mean", "nll_sd", "exact_log_px_mean",
                    "exact_log_px_sd", "active_units", "n_excluded"]
-ORDERING_COLUMNS = ["cell", *RUN_KEYS, "passed", "worst_z", "worst", "threshold", "n_checks", "n_failed"]
-CHECK_COLUMNS = ["cell", "lower", "upper", "mean_diff", "se", "z", "passed"]
+ORDERING_COLUMNS = ["cell", *RUN_KEYS, "passed", "reference", "simulated_reference", "worst_z", "worst", "threshold",
+                    "n_checks", "n_failed"]
+CHECK_COLUMNS = ["cell", "data", "reference", "lower", "upper", "mean_diff", "se", "z", "n", "passed"]
+SANDWICH_COLUMNS = ["cell", *RUN_KEYS, "ais_n_test", "L_K_eval", "ais_log_px", "ais_gain", "ais_gain_se",
+                    "ais_acceptance", "temperatures", "chains", "bdmc_points", "simulated_L_K_eval", "bdmc_lower",
+                    "bdmc_upper", "bdmc_width", "bdmc_width_se", "simulated_exact_log_px"]
 CURVE_COLUMNS = ["cell", "k", "mean", "se"]
 SKIPPED_COLUMNS = [*RUN_KEYS, "reason"]
-GRADVAR_METRICS = ["snr_mean", "snr_median", "var_mean", "grad_norm", "bias", "mse"]
+GRADVAR_METRICS = ["snr_mean", "snr_median", "snr_floor", "frac_at_floor", "var_mean", "grad_norm", "bias",
+                   "relative_bias", "bias_noise", "mse"]
 
 
 def _warn(message: str) -> None:
@@ -81,6 +96,7 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
     else:
         status = "ok"
     units = ev_.get("active_units") or []
+    ais, bdmc = ev_.get("ais") or {}, ev_.get("bdmc") or {}
     return {
         **{k: c[k] for k in ("cell", *RUN_KEYS, "model_name", "objective_name", "run")},
         "status": status, "test_log_px": log_px, "test_log_px_se": ev_.get("log_px_se", math.nan),
@@ -90,7 +106,12 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
         "ess_mean": ev_.get("ess_mean", math.nan),
         "bound_curve": ";".join(f"{p['k']}:{p['mean']:.4f}" for p in ev_.get("bound_curve", [])),
         "active_units": "+".join(map(str, units)) if units else "",
-        "ordering_passed": ev_.get("ordering_passed"),
+        "ordering_passed": ev_.get("ordering_passed"), "ordering_reference": ev_.get("ordering_reference"),
+        "ais_log_px": ais.get("log_px", math.nan), "ais_log_px_se": ais.get("log_px_se", math.nan),
+        "ais_gain": ais.get("gain", math.nan), "ais_gain_se": ais.get("gain_se", math.nan),
+        "ais_n_test": ais.get("n_points"), "bdmc_lower": bdmc.get("lower", math.nan),
+        "bdmc_upper": bdmc.get("upper", math.nan), "bdmc_width": bdmc.get("width", math.nan),
+        "bdmc_width_se": bdmc.get("width_se", math.nan), "bdmc_points": bdmc.get("n_points"),
         "amortization_gap": am.get("gap", math.nan), "amortization_gap_se": am.get("gap_se", math.nan),
         "final_train_bound": tr.get("final_bound") if tr.get("final_bound") is not None else math.nan,
         "steps": tr.get("steps"),
@@ -99,10 +120,22 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
     }
 
 
+def _sandwich_row(ids: dict, ev: dict) -> dict:
+    """AIS and BDMC of one evaluated run (NaN where BDMC did not run)."""
+    ais, bdmc = ev["ais"], ev.get("bdmc") or {}
+    return {**ids, "ais_n_test": ais["n_points"], "L_K_eval": ais["L_K_eval"], "ais_log_px": ais["log_px"],
+            "ais_gain": ais["gain"], "ais_gain_se": ais["gain_se"], "ais_acceptance": ais["acceptance"],
+            "temperatures": ais["settings"]["temperatures"], "chains": ais["settings"]["chains"],
+            "bdmc_points": bdmc.get("n_points"), "simulated_L_K_eval": bdmc.get("L_K_eval", math.nan),
+            "bdmc_lower": bdmc.get("lower", math.nan), "bdmc_upper": bdmc.get("upper", math.nan),
+            "bdmc_width": bdmc.get("width", math.nan), "bdmc_width_se": bdmc.get("width_se", math.nan),
+            "simulated_exact_log_px": bdmc.get("exact_log_px") if bdmc.get("exact_log_px") is not None else math.nan}
+
+
 def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
     """Read every run directory into the raw tables (summary, bound_curve, ordering,
-    ordering_checks, gradvar)."""
-    rows, curves, ordering, checks, gradvar = [], [], [], [], []
+    ordering_checks, sandwich, gradvar)."""
+    rows, curves, ordering, checks, sandwich, gradvar = [], [], [], [], [], []
     for run in runs:
         rd = RunDir(run)
         c = read_cell(run)
@@ -116,9 +149,13 @@ def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
             curves += [{"cell": c["cell"], **p} for p in ev.get("bound_curve", [])]
             checks += [{"cell": c["cell"], **chk} for chk in ev.get("ordering_checks", [])]
             failed = sum(not chk["passed"] for chk in ev.get("ordering_checks", []))
-            ordering.append({**ids, "passed": ev.get("ordering_passed"), "worst_z": ev.get("ordering_worst_z"),
-                             "worst": ev.get("ordering_worst"), "threshold": ev.get("ordering_threshold"),
+            ordering.append({**ids, "passed": ev.get("ordering_passed"), "reference": ev.get("ordering_reference"),
+                             "simulated_reference": ev.get("ordering_simulated_reference"),
+                             "worst_z": ev.get("ordering_worst_z"), "worst": ev.get("ordering_worst"),
+                             "threshold": ev.get("ordering_threshold"),
                              "n_checks": len(ev.get("ordering_checks", [])), "n_failed": failed})
+            if ev.get("ais"):
+                sandwich.append(_sandwich_row(ids, ev))
         table = rd.read_table("gradvar")
         if table is not None:
             gradvar.append(table)
@@ -132,6 +169,8 @@ def collect(runs: list[str | Path]) -> dict[str, pd.DataFrame]:
             "bound_curve": pd.DataFrame(curves, columns=CURVE_COLUMNS),
             "ordering": pd.DataFrame(ordering, columns=ORDERING_COLUMNS),
             "ordering_checks": pd.DataFrame(checks, columns=CHECK_COLUMNS),
+            "sandwich": pd.DataFrame(sandwich, columns=SANDWICH_COLUMNS).astype(
+                {"ais_n_test": "Int64", "bdmc_points": "Int64"}),
             "gradvar": gv}
 
 
@@ -154,16 +193,34 @@ def group_seeds(summary: pd.DataFrame) -> pd.DataFrame:
     return out[GROUPED_COLUMNS]
 
 
+GRADVAR_KEYS = ["experiment", "dataset", "model", "trained_objective", "K", "estimator", "group"]
+
+
 def gradvar_table(gradvar: pd.DataFrame) -> pd.DataFrame:
-    """Gradient metrics at each run's final snapshot, averaged over the runs (seeds and the
-    estimators they were trained with) of a (experiment, dataset, model, objective, K)."""
-    keys = ["experiment", "dataset", "model", "trained_objective", "K", "estimator", "group"]
+    """Gradient metrics at each run's final snapshot (or the exact optimum), averaged over the
+    runs (seeds and the estimators they were trained with) of a (experiment, dataset, model,
+    objective, K); metrics an older gradvar.csv lacks are NaN."""
     if gradvar.empty or "skipped" not in gradvar:
-        return pd.DataFrame(columns=[*keys, "n_runs", *GRADVAR_METRICS])
-    final = gradvar[gradvar.final_step & gradvar.skipped.isna()]
-    g = final.groupby(keys, sort=True)
-    return g[GRADVAR_METRICS].mean().assign(n_runs=g.cell.nunique()).reset_index()[[*keys, "n_runs",
+        return pd.DataFrame(columns=[*GRADVAR_KEYS, "n_runs", *GRADVAR_METRICS])
+    final = gradvar[gradvar.final_step & gradvar.skipped.isna()].reindex(
+        columns=sorted({*gradvar.columns, *GRADVAR_METRICS}))
+    g = final.groupby(GRADVAR_KEYS, sort=True)
+    return g[GRADVAR_METRICS].mean().assign(n_runs=g.cell.nunique()).reset_index()[[*GRADVAR_KEYS, "n_runs",
                                                                                      *GRADVAR_METRICS]]
+
+
+def biased_table(gradvar: pd.DataFrame) -> pd.DataFrame:
+    """The estimators measured where they are biased: their declared condition (``biased``)
+    and, where an exact gradient exists, the measured encoder bias relative to the exact
+    gradient's norm (mean over runs, at the final snapshot or the optimum)."""
+    columns = ["estimator", "trained_objective", "K", "condition", "relative_bias", "bias", "bias_noise", "n_runs"]
+    if gradvar.empty or "biased" not in gradvar:
+        return pd.DataFrame(columns=columns)
+    rows = gradvar[gradvar.final_step & gradvar.biased.notna() & (gradvar.group == "encoder")].reindex(
+        columns=sorted({*gradvar.columns, "relative_bias", "bias_noise"}))
+    g = rows.groupby(["estimator", "trained_objective", "K", "biased"], sort=True)
+    out = g[["relative_bias", "bias", "bias_noise"]].mean().assign(n_runs=g.cell.nunique()).reset_index()
+    return out.rename(columns={"biased": "condition"})[columns]
 
 
 # --------------------------------------------------------------------------------------------
@@ -260,19 +317,42 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
     tables["gradvar_final"] = gv = gradvar_table(tables["gradvar"])
     files: dict[str, pd.DataFrame | str] = {
         f"{name}.csv": tables[name]
-        for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "gradvar")}
+        for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "sandwich",
+                     "gradvar")}
     files["summary.md"] = _summary_md(summary, grouped)
     files["summary.tex"] = render(_display_summary(grouped), "tex")
 
     order = tables["ordering"]
     files["ordering.md"] = (
         f"# Bound ordering\n\n{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} "
-        f"evaluated runs pass L_k <= L_k' <= log p(x) (a check fails when z < -threshold).\n\n"
-        + render(_fmt(order[["cell", "passed", "worst", "worst_z", "threshold", "n_checks", "n_failed"]])))
+        "evaluated runs pass L_1 <= ... <= L_K_eval [<= AIS] [<= log p(x)] [<= BDMC upper] (paired z-tests; "
+        "a check fails when z < -threshold). `reference` is the top of the test-data chain each L_k is "
+        "checked against: `exact` log p(x), `ais`, or `largest_k` (L_K_eval itself, a circular check); "
+        "`simulated_reference` is `bdmc_upper` where the BDMC sandwich ran on simulated data.\n\n"
+        + render(_fmt(order[["cell", "passed", "reference", "simulated_reference", "worst", "worst_z",
+                             "threshold", "n_checks", "n_failed"]])))
 
-    gv_text = ("# Gradient signal-to-noise ratio and variance\n\nAt each run's final snapshot; mean over the "
-               "runs of each (experiment, dataset, model, trained objective, K): seeds and training "
-               "estimators.\n\n" + render(_fmt(gv)))
+    tables["biased"] = biased = biased_table(tables["gradvar"])
+    files["sandwich.md"] = ("# log p(x) by AIS, and the BDMC sandwich\n\nAIS (Neal 2001; HMC as in Wu et al. 2017) on the "
+                            "first `ais_n_test` test points beside L_K_eval on the same points (`ais_gain` = AIS - L_K_eval, "
+                            "paired, with its SE); the BDMC sandwich (Grosse et al. 2015) on `bdmc_points` points simulated "
+                            "from the model: forward AIS (lower) and reverse AIS from the exact posterior sample (upper), "
+                            "both stochastic bounds on log p(x), and the width upper - lower (docs/measurements.md).\n\n"
+                            + render(_fmt(tables["sandwich"].drop(columns=RUN_KEYS),".5g")))
+
+    gv_text = ("# Gradient signal-to-noise ratio and variance\n\nAt each run's final snapshot, or at the exact "
+               "optimum plus noise for runs measured `at: optimum`; mean over the runs of each (experiment, "
+               "dataset, model, trained objective, K): seeds and training estimators. Each draw is the gradient "
+               "of the bound summed over the minibatch. `snr_mean` / `snr_median`: mean / median over the "
+               "group's parameter components of |E[g]| / std[g]; `snr_floor` = sqrt(2 / (pi draws)), the SNR "
+               "estimate of a component with no signal; `frac_at_floor`: the fraction of components below 3 x "
+               "the floor. `relative_bias` = ||E[g] - exact|| / ||exact|| where an exact gradient exists; "
+               "`bias_noise` is the bias an unbiased estimator would show from Monte Carlo error alone.\n\n"
+               + render(_fmt(gv)))
+    if len(biased):
+        gv_text += ("\n## Biased estimators\n\nEach estimator measured where its declaration says it is "
+                    "biased, with the condition, and the measured encoder-gradient bias relative to the exact "
+                    "gradient where one exists (compare with `bias_noise`).\n\n" + render(_fmt(biased)))
     raw = tables["gradvar"]
     if "skipped" in raw and raw.skipped.notna().any():
         gone = raw[raw.skipped.notna()].drop_duplicates(["estimator", "skipped"])

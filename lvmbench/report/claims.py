@@ -28,7 +28,10 @@ Statistics (``value`` with its ``uncertainty``, one standard error):
   ``along`` (e.g. K) among the ``a`` cells, within each ``pair`` group.
 * ``slope``: the least-squares slope of log metric against log ``along`` over the ``a``
   cells (means over seeds); it holds when |slope - target| <= tolerance. Its uncertainty is
-  the regression's SE.
+  the regression's SE. For SNR (the mean over the group's components, as in
+  :mod:`lvmbench.report.paper`) only the values of ``along`` whose SNR is at least
+  ``FLOOR_MULTIPLE`` times its Monte Carlo floor sqrt(2 / (pi draws)) enter the fit: below
+  it the estimate measures the noise of the estimate, not the gradient.
 * ``order``: ``cells`` is a list of selectors from best to worst; ``less`` (for metrics where
   lower is better) between each consecutive pair, each within ``tolerance``.
 * ``at_most``: the largest mean metric over the ``a`` cells is at most ``tolerance``
@@ -47,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.stats import FLOOR_MULTIPLE, snr_floor
 
 CHECKS = ("less", "greater", "decreasing", "increasing", "slope", "order", "at_most")
 #: metric -> (table, value column, SE column or None); gradient metrics are read at each
@@ -57,7 +61,7 @@ METRICS = {
     "ess": ("summary", "ess_mean", None),
     "active_units": ("summary", "active_units", None),
     "train_bound": ("summary", "final_train_bound", None),
-    "snr:decoder": ("gradvar", "snr_median", None), "snr:encoder": ("gradvar", "snr_median", None),
+    "snr:decoder": ("gradvar", "snr_mean", None), "snr:encoder": ("gradvar", "snr_mean", None),
     "variance:decoder": ("gradvar", "var_mean", None), "variance:encoder": ("gradvar", "var_mean", None),
 }
 KEYS = ("name", "claim", "source", "check", "metric", "where", "a", "b", "cells", "pair", "along", "filter",
@@ -132,6 +136,7 @@ def metric_table(metric: str, summary: pd.DataFrame, gradvar: pd.DataFrame) -> p
     df = gradvar[final & gradvar.skipped.isna() & (gradvar.group == group) & gradvar.cell.isin(ok)].copy()
     df = df.drop(columns=["objective"]).rename(columns={"trained_objective": "objective"})
     df["value"], df["se"] = df[column].astype(float), 0.0
+    df["floor"] = snr_floor(df.draws.to_numpy(float)) if metric.startswith("snr:") else 0.0
     return df
 
 
@@ -219,8 +224,9 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
     elif check == "slope":
         a = _select(df, claim["a"])
         cells = [a]
-        means = a.groupby(claim["along"]).value.mean() if not a.empty else pd.Series(dtype=float)
-        means = means[means > 0]
+        by = a.groupby(claim["along"])[["value", "floor"]].mean() if not a.empty else \
+            pd.DataFrame(columns=["value", "floor"], dtype=float)
+        means = by.value[(by.value > 0) & (by.value >= FLOOR_MULTIPLE * by.floor)]
         out["statistic"] = f"slope of log {claim['metric']} on log {claim['along']}"
         if len(means) < 2:
             return {**out, "detail": "fewer than two values of " + claim["along"]}

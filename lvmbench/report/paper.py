@@ -7,8 +7,10 @@ An experiment config (config/experiments/*.yaml) lists the paper's numbers under
        metric: nll, value: 84.78, tolerance: 0.5, source: "Burda et al. 2016, Table 1"}
 
 Metrics: ``nll`` (test -log p(x) by L_K_eval, nats), ``log_px`` (test log p(x)),
-``snr_slope`` (log-log slope of gradient SNR against K at the final snapshot; needs
-``group``: decoder or encoder, and ``estimator``: the measured estimator). ``estimator``
+``snr_slope`` (log-log slope of gradient SNR, the mean over the group's components,
+against K at the final snapshot or the optimum, fitted over the K whose SNR is at least 3x
+its Monte Carlo floor; needs ``group``: decoder or encoder, and ``estimator``: the
+measured estimator). ``estimator``
 may be left out for nll/log_px when one estimator matches. The table gives the
 reproduced mean and standard deviation over seeds, the difference, and whether it lies
 within the stated tolerance.
@@ -22,8 +24,11 @@ import numpy as np
 import pandas as pd
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.stats import snr_floor, snr_slope
 
 METRICS = ("nll", "log_px", "snr_slope")
+#: the SNR summary the slopes are fitted to: the mean over a group's parameter components
+SNR_COLUMN = "snr_mean"
 REQUIRED = ("experiment", "dataset", "model", "objective", "metric", "value", "tolerance", "source")
 OPTIONAL = ("K", "estimator", "group", "note")
 COLUMNS = ["experiment", "dataset", "model", "objective", "K", "estimator", "metric", "group", "published",
@@ -88,10 +93,10 @@ def _per_seed(row: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) -> tuple[
                                                             "estimator", "group"))
     slopes = {}
     for seed, df in gv.groupby("seed"):
-        snr = df.groupby("K")["snr_median"].mean()
-        snr = snr[snr > 0]
-        if len(snr) >= 2:
-            slopes[seed] = float(np.polyfit(np.log(snr.index.to_numpy(float)), np.log(snr.to_numpy()), 1)[0])
+        by_k = df.assign(floor=snr_floor(df.draws.to_numpy())).groupby("K")[[SNR_COLUMN, "floor"]].mean()
+        slope, _ = snr_slope(by_k.index.to_numpy(), by_k[SNR_COLUMN].to_numpy(), by_k.floor.to_numpy())
+        if math.isfinite(slope):
+            slopes[seed] = slope
     sched = _select(summary, row, ("experiment", "dataset", "model", "objective"))
     return pd.Series(slopes, dtype=float), sorted(sched.schedule.unique()) if "schedule" in sched else []
 

@@ -7,9 +7,12 @@ and the run directories, and draws:
   panel per experiment/dataset/model; error bars are the sd over seeds.
 * ``bound_curve_<experiment>_<dataset>_<model>``: L_k against k (log x) per run (first
   seed), with log p(x) (exact where known, else L_K_eval) and the bound-ordering result.
-* ``snr_vs_k_<experiment>_<dataset>_<model>_<objective>``: decoder and encoder SNR against
-  K on log-log axes per estimator, at the final snapshot, with fitted slopes; only where
-  the runs span at least two values of K.
+* ``snr_vs_k_<experiment>_<dataset>_<model>_<objective>``: decoder and encoder SNR (mean
+  over the group's parameter components, averaged over runs) against K on log-log axes per
+  estimator, at the final snapshot or the exact optimum, with the Monte Carlo floor
+  sqrt(2/(pi M)) drawn and points below 3x the floor hollow; each slope is fitted over the K
+  above that line (or the legend says why there is none); only where the runs span at
+  least two values of K.
 * ``training_curves``: the training bound against the step, one panel per
   experiment/dataset/model.
 * ``samples_<...>``: for binary-image models, decoder means of prior samples and
@@ -43,12 +46,13 @@ from lvmbench.data import DATASETS  # noqa: E402
 from lvmbench.errors import LvmbenchError  # noqa: E402
 from lvmbench.io import atomic_write  # noqa: E402
 from lvmbench.report.aggregate import read_cell  # noqa: E402
+from lvmbench.report.paper import SNR_COLUMN  # noqa: E402
 from lvmbench.rng import forked_rng  # noqa: E402
 from lvmbench.runs import RunDir, load_trained  # noqa: E402
+from lvmbench.stats import FLOOR_MULTIPLE, snr_floor, snr_slope  # noqa: E402
 
 FORMATS = ("png", "pdf")
 DPI = 120
-SNR_COLUMN = "snr_median"  # median over parameter components: robust to near-deterministic ones
 PANEL = ["experiment", "dataset", "model"]
 Figures = Iterator[tuple[str, plt.Figure]]
 
@@ -187,8 +191,12 @@ def bound_curve(inp: Inputs) -> Figures:
         yield _slug("bound_curve", *key), fig
 
 
-def _slope(k: np.ndarray, y: np.ndarray) -> float:
-    return float(np.polyfit(np.log(k), np.log(y), 1)[0]) if len(k) >= 2 else math.nan
+def _slope_label(estimator: str, K: np.ndarray, snr: np.ndarray, floor: np.ndarray) -> str:
+    slope, above = snr_slope(K, snr, floor)
+    if math.isfinite(slope):
+        used = K[above]
+        return f"{estimator} (slope {slope:+.2f}, K={int(used.min())}..{int(used.max())})"
+    return f"{estimator} ({'at the floor' if not above.any() else 'one K above the floor'}: no slope)"
 
 
 def snr_vs_k(inp: Inputs) -> Figures:
@@ -199,6 +207,7 @@ def snr_vs_k(inp: Inputs) -> Figures:
     if "final_step" not in gv:
         gv = gv.assign(final_step=gv.step == gv.groupby("cell").step.transform("max"))
     gv = gv[gv.final_step.astype(bool) & gv.skipped.isna() & (gv[SNR_COLUMN] > 0)]
+    gv = gv.assign(floor=snr_floor(gv.draws.to_numpy(float)))
     keys = [*PANEL, "trained_objective"]
     for key, df in gv.groupby(keys, sort=True):
         if df.K.nunique() < 2:
@@ -206,18 +215,26 @@ def snr_vs_k(inp: Inputs) -> Figures:
             continue
         estimators = sorted(df.estimator.unique())
         colours = dict(zip(estimators, sns.color_palette(n_colors=len(estimators))))
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.6))
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4))
         for ax, group in zip(axes, ("decoder", "encoder")):
             for est in estimators:
-                m = df[(df.group == group) & (df.estimator == est)].groupby("K")[SNR_COLUMN].mean()
+                m = df[(df.group == group) & (df.estimator == est)].groupby("K")[[SNR_COLUMN, "floor"]].mean()
                 if m.empty:
                     continue
-                ax.plot(m.index, m.values, marker="o", color=colours[est],
-                        label=f"{est} (slope {_slope(m.index.to_numpy(float), m.to_numpy()):.2f})")
+                K, snr, floor = m.index.to_numpy(float), m[SNR_COLUMN].to_numpy(), m.floor.to_numpy()
+                above = snr >= FLOOR_MULTIPLE * floor
+                ax.plot(K, snr, color=colours[est], label=_slope_label(est, K, snr, floor))
+                ax.scatter(K[above], snr[above], color=colours[est], zorder=3)
+                ax.scatter(K[~above], snr[~above], facecolors="white", edgecolors=colours[est], zorder=3)
+            floors = df.groupby("K").floor.max()
+            ax.plot(floors.index, floors.values, color="0.3", ls="--", lw=1, label="Monte Carlo floor sqrt(2/(pi M))")
+            ax.plot(floors.index, FLOOR_MULTIPLE * floors.values, color="0.6", ls=":", lw=1,
+                    label=f"{FLOOR_MULTIPLE:g} x floor: hollow points below, left out of the slopes")
             _log_axis(ax, df.K)
-            ax.set(yscale="log", xlabel="K", ylabel=f"{group} SNR ({SNR_COLUMN})", title=group)
-            ax.legend(fontsize=7)
-        fig.suptitle(f"{'/'.join(map(str, key))}: gradient SNR at the final snapshot")
+            ax.set(yscale="log", xlabel="K", ylabel=f"{group} SNR (mean over components)", title=group)
+            ax.legend(fontsize=6.5)
+        where = "at the exact optimum + noise" if (df.get("at") == "optimum").all() else "at the final snapshot"
+        fig.suptitle(f"{'/'.join(map(str, key))}: gradient SNR {where}", fontsize=10)
         fig.tight_layout()
         yield _slug("snr_vs_k", *key), fig
 

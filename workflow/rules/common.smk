@@ -8,7 +8,8 @@ functions below map a wildcard to what one rule needs. A bad config stops the wo
 with one line, before any job starts.
 
 Each rule's params hold only its own part: train the training spec, evaluate the eval
-settings, gradvar the gradient-variance settings, amortize the amortization settings.
+settings (and the AIS settings of the cells the ais block selects), gradvar the
+gradient-variance settings, amortize the amortization settings.
 Snakemake reruns a job when its params change, so editing a measurement's settings
 reruns that measurement and never training. Where a job runs (the device) and where
 it finds its data are not part of any of them: they reach the jobs as the environment
@@ -95,6 +96,12 @@ def _settings_json(settings):
 
 def eval_settings(wildcards):
     return _settings_json(PLAN.measurements[wildcards.cell].eval)
+
+
+def ais_settings(wildcards):
+    """The cell's AIS settings as JSON, or null when the config's ais block does not select it."""
+    ais = PLAN.measurements[wildcards.cell].ais
+    return "null" if ais is None else _settings_json(ais)
 
 
 def gradvar_settings(wildcards):

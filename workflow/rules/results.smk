@@ -51,6 +51,13 @@ rule aggregate:
         ),
         ordering_md=f"{TABLES}/ordering.md",
         ordering_checks=f"{TABLES}/ordering_checks.csv",
+        sandwich=report(
+            f"{TABLES}/sandwich.csv",
+            caption="../report/sandwich.rst",
+            category="Tables",
+            labels={"table": "AIS and the BDMC sandwich"},
+        ),
+        sandwich_md=f"{TABLES}/sandwich.md",
         gradvar=report(
             f"{TABLES}/gradvar.csv",
             caption="../report/gradvar.rst",

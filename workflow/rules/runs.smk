@@ -41,7 +41,8 @@ for _bundle in BUNDLES:
 
 rule evaluate:
     """Large-K log p(x), the bound curve, exact log p(x) where tractable, active units
-    and the bound-ordering check on the test set, with the cell's eval settings."""
+    and the bound-ordering check on the test set, with the cell's eval settings; AIS and
+    the BDMC sandwich for the cells the config's ais block selects."""
     input:
         f"{RUN}/train.json",
     output:
@@ -53,13 +54,14 @@ rule evaluate:
     params:
         run=run_dir,
         settings=eval_settings,
+        ais=ais_settings,
     threads: THREADS
     resources:
         gpu=GPUS,
     conda:
         ENV
     shell:
-        "lvmbench evaluate {params.run:q} --settings {params.settings:q} --out {output:q} "
+        "lvmbench evaluate {params.run:q} --settings {params.settings:q} --ais {params.ais:q} --out {output:q} "
         "--quiet > {log:q} 2>&1"
 
 
