@@ -27,6 +27,7 @@ from lvmbench.errors import LvmbenchError
 from lvmbench.estimators import ESTIMATORS
 from lvmbench.models import MODELS, LatentVariableModel, build_model
 from lvmbench.objectives import Objective, make_objective
+from lvmbench.registry import did_you_mean
 from lvmbench.report.paper import check_published
 from lvmbench.rng import forked_rng
 from lvmbench.settings import AmortizeSettings, Cell, EvalSettings, GradvarSettings, WorkflowSettings, build_settings
@@ -169,7 +170,8 @@ def _amortization(config: dict, cells: list[Cell]) -> tuple[AmortizeSettings | N
     match = block["match"]
     unknown = set(match) - set(MATCH_KEYS)
     if unknown:
-        raise LvmbenchError(f"amortization.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
+        raise LvmbenchError(f"amortization.match: unknown key(s) {sorted(unknown)}"
+                            f"{did_you_mean(min(unknown), MATCH_KEYS)}; allowed: {list(MATCH_KEYS)}")
     settings = build_settings(AmortizeSettings, {k: v for k, v in block.items() if k != "match"}, "amortization")
     chosen = {c.id for c in cells if all(str(getattr(c, k)) == str(v) for k, v in match.items())}
     if not chosen:
@@ -195,7 +197,8 @@ def plan(config: dict) -> Plan:
             raise LvmbenchError(f"{where}: expected a mapping of axes")
         unknown = set(axes) - EXPERIMENT_KEYS
         if unknown:
-            raise LvmbenchError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(EXPERIMENT_KEYS)}")
+            raise LvmbenchError(f"{where}: unknown key(s) {sorted(unknown)}{did_you_mean(min(unknown), EXPERIMENT_KEYS)}; "
+                                f"allowed: {sorted(EXPERIMENT_KEYS)}")
         missing = {"datasets", "models", "objectives", "K", "estimators"} - set(axes)
         if missing:
             raise LvmbenchError(f"{where}: missing key(s) {sorted(missing)}")
@@ -208,8 +211,7 @@ def plan(config: dict) -> Plan:
         for axis, registry, entries in (("models", MODELS, models), ("estimators", ESTIMATORS, estimators)):
             for name, _ in entries.values():
                 if name not in registry:
-                    raise LvmbenchError(f"{where}.{axis}: unknown {registry.kind} {name!r}; choose one of: "
-                                        f"{', '.join(registry.names())}")
+                    raise LvmbenchError(f"{where}.{axis}: {registry.unknown(name)}")
         built_objectives = {}
         for label, (name, opts) in objectives.items():
             try:
@@ -218,8 +220,7 @@ def plan(config: dict) -> Plan:
                 raise LvmbenchError(f"{where}.objectives: {err}") from None
         for d in axes["datasets"]:
             if d not in DATASETS:
-                raise LvmbenchError(f"{where}.datasets: unknown dataset {d!r}; choose one of: "
-                                    f"{', '.join(DATASETS.names())}")
+                raise LvmbenchError(f"{where}.datasets: {DATASETS.unknown(d)}")
         for label in [*models, *objectives, *estimators]:
             if not LABEL.fullmatch(str(label)):
                 raise LvmbenchError(f"{where}: label {label!r} may use letters, digits and _ . + - only")

@@ -27,6 +27,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, get_type_hints
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.registry import did_you_mean
 
 
 def setting(default: Any, *, minimum: float | None = None, maximum: float | None = None,
@@ -111,7 +112,9 @@ def build_settings(cls: type, values: dict | None, where: str):
     names = [f.name for f in fields(cls)]
     unknown = set(values) - set(names)
     if unknown:
-        raise LvmbenchError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(names)}")
+        unknown = sorted(map(str, unknown))
+        raise LvmbenchError(f"{where}: unknown key(s) {unknown}{did_you_mean(unknown[0], names)}; "
+                            f"allowed: {sorted(names)}")
     checked = {}
     for f in fields(cls):
         if f.name in values:

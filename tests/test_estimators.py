@@ -238,7 +238,8 @@ def test_why_invalid_accepts(model, objective, K, estimator):
     (("gmm", "iwae", 2.0, "score"), "K must be an integer >= 1"),
     (("gmm", "iwae", True, "score"), "K must be an integer >= 1"),
     (("hmm", "iwae", 1, "score"), "unknown model 'hmm'; choose one of: " + ", ".join(MODELS.names())),
-    (("gmm", "iwea", 1, "score"), "unknown objective 'iwea'; choose one of: " + ", ".join(OBJECTIVES.names())),
+    (("gmm", "iwea", 1, "score"), "unknown objective 'iwea' (did you mean 'iwae'?); choose one of: "
+     + ", ".join(OBJECTIVES.names())),
     (("gmm", "iwae", 1, "rebar"), "unknown estimator 'rebar'; choose one of: " + ", ".join(ESTIMATORS.names())),
 ])
 def test_why_invalid_raises(args, expect):
