@@ -14,7 +14,9 @@ One directory per cell, ``<results>/runs/<cell id>/``, with the cell id
 ``logs/``               each job's log and benchmark
 ======================  ===================================================================
 
-:class:`RunDir` writes and reads all of these; :func:`load_trained` hands a trained model
+:class:`RunDir` writes and reads all of these; every JSON summary it writes records how it
+was made (:func:`lvmbench.provenance.record`: versions, git commit, device, host, SLURM job,
+start and end times) under ``provenance``. :func:`load_trained` hands a trained model
 to the measurements and the figures. Where the directory path, ``cell.json`` and the spec
 stored in a checkpoint disagree, it stops with one line naming both.
 """
@@ -24,11 +26,12 @@ from __future__ import annotations
 import re
 import sys
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import pandas as pd
 import torch
 
+from lvmbench import provenance
 from lvmbench.data import Dataset, load_dataset
 from lvmbench.devices import pick_device
 from lvmbench.errors import LvmbenchError
@@ -149,8 +152,10 @@ class RunDir:
         path = self.file(f"{name}.json")
         return load_json(path) if path.exists() else None
 
-    def write_json(self, name: str, obj: Any) -> Path:
-        return save_json(obj, self.file(f"{name}.json"))
+    def write_json(self, name: str, obj: dict) -> Path:
+        """Write the summary ``name``.json with its ``provenance`` (the job's device is the
+        summary's ``device``)."""
+        return save_json({**obj, "provenance": provenance.record(obj.get("device"))}, self.file(f"{name}.json"))
 
     def read_table(self, name: str) -> pd.DataFrame | None:
         path = self.file(f"{name}.csv")

@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lvmbench"
 #: layer and those below
 LAYERS = [
     ["errors"],
-    ["registry", "io", "stats", "rng", "settings", "devices"],
+    ["registry", "io", "stats", "rng", "settings", "devices", "provenance"],
     ["data"],
     ["models", "objectives", "report.paper"],
     ["estimators", "exact"],

@@ -37,7 +37,7 @@ GROUP_KEYS = RUN_KEYS[:-1]
 SUMMARY_COLUMNS = ["cell", *RUN_KEYS, "model_name", "objective_name", "status", "test_log_px", "test_log_px_se",
                    "test_nll", "K_eval", "n_test", "exact_log_px", "exact_log_px_se", "ess_mean", "bound_curve",
                    "active_units", "ordering_passed", "amortization_gap", "amortization_gap_se", "final_train_bound",
-                   "steps", "schedule", "wall_time", "device", "run"]
+                   "steps", "schedule", "wall_time", "device", "lvmbench_version", "git_commit", "run"]
 INT_COLUMNS = ["K_eval", "n_test", "steps"]  # missing for runs not trained or not evaluated
 GROUPED_COLUMNS = [*GROUP_KEYS, "n_seeds", "log_px_mean", "log_px_sd", "nll_mean", "nll_sd", "exact_log_px_mean",
                    "exact_log_px_sd", "active_units", "n_excluded"]
@@ -75,6 +75,8 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
     else:
         status = "ok"
     units = ev_.get("active_units") or []
+    made = tr.get("provenance") or {}  # how the run was trained (lvmbench.provenance)
+    commit = made.get("git_commit")
     return {
         **{k: c[k] for k in ("cell", *RUN_KEYS, "model_name", "objective_name", "run")},
         "status": status, "test_log_px": log_px, "test_log_px_se": ev_.get("log_px_se", math.nan),
@@ -89,6 +91,8 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
         "final_train_bound": tr.get("final_bound", math.nan), "steps": tr.get("steps"),
         "schedule": describe_schedule(c.get("train", {})),
         "wall_time": tr.get("wall_time", math.nan), "device": tr.get("device_name") or tr.get("device"),
+        "lvmbench_version": made.get("lvmbench_version"),
+        "git_commit": commit and commit[:12] + ("+dirty" if made.get("git_dirty") else ""),
     }
 
 

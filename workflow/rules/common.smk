@@ -9,9 +9,10 @@ starts.
 Each rule's params hold only its own part: train the training spec, evaluate the eval
 settings, gradvar the gradient-variance settings, amortize the amortization settings.
 Snakemake reruns a job when its params change, so editing a measurement's settings
-reruns that measurement and never training. Where a job runs (the device) and where
-it finds its data are not part of any of them: they reach the jobs as the environment
-variables LVMBENCH_DEVICE and LVMBENCH_DATA, and changing them reruns nothing.
+reruns that measurement and never training. Where a job runs (the device and the GPUs
+it asked for) and where it finds its data are not part of any of them: they reach the
+jobs as the environment variables LVMBENCH_DEVICE, LVMBENCH_GPUS and LVMBENCH_DATA, and
+changing them reruns nothing.
 """
 
 import json
@@ -25,6 +26,7 @@ from snakemake.utils import validate
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.grid import plan, resolve_variant
+from lvmbench.registry import did_you_mean
 from lvmbench.settings import WorkflowSettings
 
 WORKFLOW_KEYS = {f.name for f in fields(WorkflowSettings)}  # where jobs run and write
@@ -60,7 +62,11 @@ try:
 except WorkflowError as err:
     cause = err.__cause__ or err.__context__  # the jsonschema ValidationError
     if hasattr(cause, "absolute_path"):
-        config_error(f"{schema_path(cause)}: {cause.message}")
+        hint = ""
+        if cause.validator == "additionalProperties":  # an unknown key: suggest the closest allowed one
+            allowed = cause.schema.get("properties", {})
+            hint = "".join(did_you_mean(k, allowed) for k in cause.instance if k not in allowed)
+        config_error(f"{schema_path(cause)}: {cause.message}{hint}")
     config_error(str(err).splitlines()[0])
 
 try:
@@ -73,10 +79,16 @@ AMORTIZED = [cell.id for cell in PLAN.amortized()]
 RESULTS = PLAN.workflow.results.rstrip("/")
 RUN = f"{RESULTS}/runs/{{cell}}"  # one directory per cell: <experiment>/<dataset>/<model>/<objective>/K<K>/<estimator>/seed<seed>
 DATASETS = sorted({cell.dataset for cell in CELLS.values()})
-# Where jobs run and find their data reach them through the environment, never through
-# params: every job (local or on a cluster node) parses this file again, so it sees them too.
+# Where jobs run, the GPUs they asked for and where they find their data reach them through
+# the environment, never through params: every job (local or on a cluster node) parses this
+# file again, so it sees them too. A job that asked for GPUs stops when torch sees none
+# where there are some (lvmbench.devices).
 os.environ.update(
-    {"LVMBENCH_DEVICE": PLAN.workflow.device, **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {})}
+    {
+        "LVMBENCH_DEVICE": PLAN.workflow.device,
+        "LVMBENCH_GPUS": str(PLAN.workflow.gpu),
+        **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {}),
+    }
 )
 THREADS, GPUS = PLAN.workflow.threads, PLAN.workflow.gpu
 

@@ -1,5 +1,6 @@
 # One directory per cell under results/runs/: train writes cell.json, train.csv,
-# train.json, checkpoint.pt and snapshots/; evaluate adds eval.json; gradvar adds
+# train.json, checkpoint.pt and snapshots/; evaluate adds eval.json (written by RunDir,
+# which records its provenance, as in train.json); gradvar adds
 # gradvar.csv; logs/ holds each job's log and benchmark (time and memory).
 # checkpoint.pt and snapshots/ are not declared outputs on purpose: Snakemake deletes
 # a failed job's outputs, and an interrupted run must keep its checkpoint to resume.
@@ -51,8 +52,7 @@ rule evaluate:
     conda:
         ENV
     shell:
-        "lvmbench evaluate {params.run:q} --settings {params.settings:q} --out {output:q} "
-        "--quiet > {log:q} 2>&1"
+        "lvmbench evaluate {params.run:q} --settings {params.settings:q} --quiet > {log:q} 2>&1"
 
 
 rule gradvar:
