@@ -132,8 +132,9 @@ def cmd_list(args: argparse.Namespace) -> None:
     for kind, entries in listing.items():
         print(f"{kind}:")
         for name, c in entries.items():
-            origin = "" if c["from"] == "lvmbench" else f" [plugin from {c['from']}]"
-            print(textwrap.fill(c["doc"] + origin, width, initial_indent=f"  {name:16s} ", subsequent_indent=indent))
+            print(textwrap.fill(c["doc"], width, initial_indent=f"  {name:16s} ", subsequent_indent=indent))
+            if c["from"] != "lvmbench":
+                print(block("plugin from: ", c["from"]))
             caps = "; ".join(f"{k}: {_value(v)}" for k, v in c.items() if k not in ("doc", "options", "from"))
             print(block("declares: ", caps))
             opts = ", ".join(f"{k}={v!r}" for k, v in c["options"].items()) or "none"

@@ -14,13 +14,20 @@ gradvar.csv and writes into ``out``:
 * ``gradvar.csv`` (every run's rows, skipped estimators kept with their reason) and
   ``gradvar.md``: SNR and variance at the final snapshot by estimator, K and group.
 * ``skipped.csv`` / ``skipped.md``: the combinations the plan left out, with reasons.
+* ``runs.md``: one readable row per run (status, log p(x) with its standard error, bound
+  ordering, training, device, version).
 
-Markdown and LaTeX are written by :func:`render`, so neither tabulate nor jinja2 is needed.
+Every Markdown page also comes as a self-contained HTML page (``summary.html``,
+``runs.html``, ``ordering.html``, ``gradvar.html``, ``skipped.html``, ``published.html``),
+which ``snakemake --report`` shows. Markdown, LaTeX and HTML are written by :func:`render`
+and :func:`write_page`, so neither tabulate nor jinja2 is needed.
 """
 
 from __future__ import annotations
 
+import html
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -212,14 +219,72 @@ def _fmt(df: pd.DataFrame, digits: str = ".3g") -> pd.DataFrame:
                                     else v) if s.dtype.kind == "f" else s)
 
 
-def _summary_md(summary: pd.DataFrame, grouped: pd.DataFrame) -> str:
-    text = ("# Test log-likelihood\n\nMean ± standard deviation over seeds of the test log p(x) "
-            "(estimated by L_K_eval) and NLL = -log p(x); exact log p(x) where the model has it.\n\n"
-            + render(_display_summary(grouped)))
+#: a page: its title, then paragraphs (str), tables (DataFrame) and ("h2", heading) sections
+Page = list
+NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?( ± [-+]?[\d.]+(e[-+]?\d+)?)?$|^-?inf$|^nan$", re.I)
+STYLE = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 1.6em;color:#222;"
+         "line-height:1.4}h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em}p{max-width:60em}"
+         "table{border-collapse:collapse;font-size:13px}th,td{padding:3px 9px;border-bottom:1px solid #ddd;"
+         "text-align:left;white-space:nowrap}th{background:#f2f2f2;position:sticky;top:0}"
+         "td.n{text-align:right;font-variant-numeric:tabular-nums}tbody tr:nth-child(even){background:#fafafa}"
+         "tbody tr:hover{background:#eef4ff}")
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    cells = df.map(lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cells.columns)
+    rows = "".join("<tr>" + "".join(f'<td class="n">{html.escape(v)}</td>' if NUMBER.match(v)
+                                    else f"<td>{html.escape(v)}</td>" for v in row) + "</tr>\n"
+                   for row in cells.values.tolist())
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n"
+
+
+def write_page(page: Page, out: Path, name: str) -> None:
+    """``name.md`` and ``name.html`` from one page: its title first, then paragraphs,
+    tables and ``("h2", heading)`` sections."""
+    title, *blocks = page
+    md, body = [f"# {title}\n\n"], [f"<h1>{html.escape(title)}</h1>\n"]
+    for block in blocks:
+        if isinstance(block, pd.DataFrame):
+            md.append(render(block))
+            body.append(_html_table(block))
+        elif isinstance(block, tuple):
+            md.append(f"\n## {block[1]}\n\n")
+            body.append(f"<h2>{html.escape(block[1])}</h2>\n")
+        else:
+            md.append(f"{block}\n\n")
+            body.append(f"<p>{html.escape(block)}</p>\n")
+    _write_text("".join(md), out / f"{name}.md")
+    _write_text(f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
+                f"<style>{STYLE}</style></head>\n<body>\n{''.join(body)}</body></html>\n", out / f"{name}.html")
+
+
+def _summary_page(summary: pd.DataFrame, grouped: pd.DataFrame) -> Page:
+    page = ["Test log-likelihood", "Mean ± standard deviation over seeds of the test log p(x) (estimated by "
+            "L_K_eval) and NLL = -log p(x); exact log p(x) where the model has it.", _display_summary(grouped)]
     flagged = summary[summary.status != "ok"]
     if len(flagged):
-        text += "\n## Runs left out of the means\n\n" + render(flagged[["cell", "status", "test_log_px"]])
-    return text
+        page += [("h2", "Runs left out of the means"), flagged[["cell", "status", "test_log_px"]]]
+    return page
+
+
+def _runs_page(summary: pd.DataFrame, ordering: pd.DataFrame) -> Page:
+    worst = ordering.set_index("cell").worst_z if len(ordering) else pd.Series(dtype=float)
+    runs = pd.DataFrame({
+        "cell": summary.cell, "status": summary.status,
+        "test log p(x) ± SE": _pm(summary.test_log_px, summary.test_log_px_se, 3),
+        "exact log p(x)": _pm(summary.exact_log_px, pd.Series(math.nan, index=summary.index), 3),
+        "K_eval": summary.K_eval, "ESS": _fmt(summary[["ess_mean"]]).ess_mean,
+        "ordering": [("" if pd.isna(p) else ("passed" if p else "FAILED"))
+                     + ("" if pd.isna(worst.get(c)) else f" (worst z {worst[c]:.1f})")
+                     for c, p in zip(summary.cell, summary.ordering_passed)],
+        "train bound": _pm(summary.final_train_bound, pd.Series(math.nan, index=summary.index)),
+        "schedule": summary.schedule, "wall time (s)": _fmt(summary[["wall_time"]]).wall_time,
+        "device": summary.device, "lvmbench": summary.lvmbench_version, "commit": summary.git_commit,
+    })
+    return ["Runs", f"{len(summary)} runs, {int((summary.status == 'ok').sum())} with status ok. Test log p(x) "
+            "is L_K_eval with its standard error over test points; the ordering check is L_k <= L_k' <= log p(x) "
+            "on paired per-point differences (worst z-score in brackets).", runs]
 
 
 def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | None = None,
@@ -236,23 +301,24 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
     tables["gradvar_final"] = gv = gradvar_table(tables["gradvar"])
     for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "gradvar"):
         save_csv(tables[name], out / f"{name}.csv")
-    _write_text(_summary_md(summary, grouped), out / "summary.md")
+    write_page(_summary_page(summary, grouped), out, "summary")
     _write_text(render(_display_summary(grouped), "tex"), out / "summary.tex")
-
     order = tables["ordering"]
-    _write_text(f"# Bound ordering\n\n{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} "
-                f"evaluated runs pass L_k <= L_k' <= log p(x) (a check fails when z < -threshold).\n\n"
-                + render(_fmt(order[["cell", "passed", "worst", "worst_z", "threshold", "n_checks", "n_failed"]])),
-                out / "ordering.md")
+    write_page(_runs_page(summary, order), out, "runs")
 
-    gv_text = ("# Gradient signal-to-noise ratio and variance\n\nAt each run's final snapshot; mean over the "
-               "runs of each (experiment, dataset, model, trained objective, K): seeds and training "
-               "estimators.\n\n" + render(_fmt(gv)))
+    write_page(["Bound ordering", f"{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} evaluated "
+                "runs pass L_k <= L_k' <= log p(x): each check compares two bounds on the same test points, and "
+                "fails when the mean paired difference lies more than threshold standard errors below zero.",
+                _fmt(order[["cell", "passed", "worst", "worst_z", "threshold", "n_checks", "n_failed"]])],
+               out, "ordering")
+
+    gv_page = ["Gradient signal-to-noise ratio and variance", "At each run's final snapshot; mean over the runs of "
+               "each (experiment, dataset, model, trained objective, K): seeds and training estimators.", _fmt(gv)]
     raw = tables["gradvar"]
     if "skipped" in raw and raw.skipped.notna().any():
         gone = raw[raw.skipped.notna()].drop_duplicates(["estimator", "skipped"])
-        gv_text += "\n## Estimators not measured\n\n" + render(gone[["estimator", "K", "skipped"]])
-    _write_text(gv_text, out / "gradvar.md")
+        gv_page += [("h2", "Estimators not measured"), gone[["estimator", "K", "skipped"]]]
+    write_page(gv_page, out, "gradvar")
 
     if skipped is not None:
         if not Path(skipped).exists():
@@ -262,20 +328,20 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
         except pd.errors.EmptyDataError:
             tables["skipped"] = sk = pd.DataFrame(columns=SKIPPED_COLUMNS)
         save_csv(sk, out / "skipped.csv")
-        _write_text(f"# Skipped combinations\n\n{len(sk)} combinations were not run.\n\n"
-                    + (render(sk) if len(sk) else ""), out / "skipped.md")
+        write_page(["Skipped combinations", f"{len(sk)} combinations were not run.", *([sk] if len(sk) else [])],
+                   out, "skipped")
     if published:
         tables["published"] = pub = published_table(published, summary, tables["gradvar"])
         save_csv(pub, out / "published.csv")
         hits = pub.within_tolerance.dropna()
-        _write_text(f"# Published vs reproduced\n\n{int(hits.sum())} of {len(hits)} reproduced numbers lie within "
-                    f"the stated tolerance of the published ones ({len(pub) - len(hits)} not run). "
-                    "difference = reproduced mean - published.\n\n" + render(_fmt(pub, ".5g")), out / "published.md")
+        write_page(["Published vs reproduced", f"{int(hits.sum())} of {len(hits)} reproduced numbers lie within the "
+                    f"stated tolerance of the published ones ({len(pub) - len(hits)} not run). difference = "
+                    "reproduced mean - published.", _fmt(pub, ".5g")], out, "published")
     n_bad = int((summary.status != "ok").sum())
     print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"
           + (f", {n_bad} flagged (see summary.csv status)" if n_bad else "") + f" -> {out}", file=sys.stderr)
     return tables
 
 
-__all__ = ["aggregate", "collect", "group_seeds", "gradvar_table", "read_cell", "render", "RUN_KEYS",
+__all__ = ["aggregate", "collect", "group_seeds", "gradvar_table", "read_cell", "render", "write_page", "RUN_KEYS",
            "GROUP_KEYS", "SUMMARY_COLUMNS"]
