@@ -5,7 +5,7 @@
 
 from snakemake.utils import min_version
 
-min_version("8.0")
+min_version("9.0")  # --replace-workflow-config (README), runtime units in profiles/slurm
 
 
 configfile: "config/config.yaml"
@@ -15,6 +15,11 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+container: CONTAINER  # the config key container, used with --software-deployment-method apptainer
+
+
 include: "workflow/rules/data.smk"  # prepare: load and verify each dataset once
 include: "workflow/rules/runs.smk"  # train, evaluate, gradvar: one run directory per cell
 include: "workflow/rules/amortization.smk"  # amortize: per-datapoint inference for selected cells

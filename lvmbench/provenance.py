@@ -60,12 +60,13 @@ def _git(*args: str) -> str | None:
 
 @functools.cache
 def git_state() -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the git checkout lvmbench runs from; (None, None) when lvmbench is
-    not imported from a checkout of its own (an installed wheel). ``dirty``: tracked files
-    differ from the commit, or files git does not ignore are untracked."""
+    """(commit, dirty) of the git checkout lvmbench runs from. Without a checkout of its own
+    (an installed wheel, a container image): ``$LVMBENCH_GIT_COMMIT`` as the image was built
+    (the Dockerfile sets it) with ``dirty`` unknown, else (None, None). ``dirty``: tracked
+    files differ from the commit, or files git does not ignore are untracked."""
     top = _git("rev-parse", "--show-toplevel")
     if top is None or Path(top).resolve() != SOURCE:
-        return None, None
+        return os.environ.get("LVMBENCH_GIT_COMMIT") or None, None
     status = _git("status", "--porcelain")
     return _git("rev-parse", "HEAD"), None if status is None else bool(status)
 

@@ -141,6 +141,7 @@ class WorkflowSettings(Settings):
     device: str = setting("auto", pattern=r"^(auto|cpu|cuda|cuda:[0-9]+)$")  # torch device of the run jobs
     threads: int = setting(1, minimum=1)  # CPU threads per train/evaluate/gradvar/amortize job
     gpu: int = setting(1, minimum=0)  # GPUs each such job requests (Snakemake resource gpu)
+    container: str | None = setting(None, min_length=1)  # image of every job with --sdm apptainer
 
 
 @dataclass(frozen=True)

@@ -68,6 +68,14 @@ def test_lint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(shutil.which("snakefmt") is None, reason="snakefmt is not installed (the test extra has it)")
+def test_workflow_is_formatted():
+    """CI checks the same: snakefmt's format, with the line length of pyproject.toml."""
+    proc = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow/"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_schema_lists_every_setting():
     """The schema's train/eval/gradvar blocks are exactly the settings dataclasses' fields,
     each with a type and a description."""

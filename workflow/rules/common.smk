@@ -23,6 +23,7 @@ from pathlib import Path
 
 from snakemake.exceptions import WorkflowError
 from snakemake.utils import validate
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.grid import plan, resolve_variant
@@ -91,6 +92,13 @@ os.environ.update(
     }
 )
 THREADS, GPUS = PLAN.workflow.threads, PLAN.workflow.gpu
+# The image of every job with --software-deployment-method apptainer (README, "Containers").
+CONTAINER = PLAN.workflow.container
+if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method and not CONTAINER:
+    config_error(
+        "--software-deployment-method apptainer needs the config key container: a .sif file built from the "
+        "repository's Dockerfile or a docker:// URI of it (README, 'Containers')"
+    )
 
 
 wildcard_constraints:

@@ -10,10 +10,10 @@ rule plan:
         skipped=f"{RESULTS}/plan/skipped.csv",
     log:
         f"{RESULTS}/logs/plan.log",
-    params:
-        config=plan_config,
     conda:
         ENV
+    params:
+        config=plan_config,
     shell:
         "lvmbench plan {params.config:q} --skipped {output.skipped:q} > {output.cells:q} 2> {log:q}"
 
@@ -87,12 +87,12 @@ rule aggregate:
         ),
     log:
         f"{RESULTS}/logs/aggregate.log",
+    conda:
+        ENV
     params:
         runs=run_dirs,
         tables=output_dir,
         published=published_json,
-    conda:
-        ENV
     shell:
         "lvmbench aggregate {params.runs:q} --out {params.tables:q} --skipped {input.skipped:q} "
         "--published {params.published:q} > {log:q} 2>&1"
@@ -116,11 +116,11 @@ rule plot:
         ),
     log:
         f"{RESULTS}/logs/plot.log",
+    conda:
+        ENV
     params:
         runs=run_dirs,
         tables=input_dir,
         figures=first_output,
-    conda:
-        ENV
     shell:
         "lvmbench plot {params.tables:q} --runs {params.runs:q} --out {params.figures:q} > {log:q} 2>&1"

@@ -20,14 +20,14 @@ rule train:
         f"{RUN}/logs/train.log",
     benchmark:
         f"{RUN}/logs/train.benchmark.tsv"
-    params:
-        cell=train_spec,
-        run=run_dir,
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPUS,
-    conda:
-        ENV
+    params:
+        cell=train_spec,
+        run=run_dir,
     shell:
         "lvmbench train --cell {params.cell:q} --out {params.run:q} --quiet > {log:q} 2>&1"
 
@@ -43,14 +43,14 @@ rule evaluate:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/logs/evaluate.benchmark.tsv"
-    params:
-        run=run_dir,
-        settings=eval_settings,
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPUS,
-    conda:
-        ENV
+    params:
+        run=run_dir,
+        settings=eval_settings,
     shell:
         "lvmbench evaluate {params.run:q} --settings {params.settings:q} --quiet > {log:q} 2>&1"
 
@@ -66,14 +66,13 @@ rule gradvar:
         f"{RUN}/logs/gradvar.log",
     benchmark:
         f"{RUN}/logs/gradvar.benchmark.tsv"
-    params:
-        run=run_dir,
-        settings=gradvar_settings,
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPUS,
-    conda:
-        ENV
+    params:
+        run=run_dir,
+        settings=gradvar_settings,
     shell:
-        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} "
-        "--quiet > {log:q} 2>&1"
+        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} --quiet > {log:q} 2>&1"
