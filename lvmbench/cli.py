@@ -61,7 +61,8 @@ class _Version(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         from lvmbench.provenance import version
 
-        parser.exit(message=version() + "\n")
+        print(version())
+        parser.exit()
 
 
 def _ints(text: str) -> list[int]:
