@@ -8,7 +8,7 @@ and the run directories, and draws the figures of each experiment into
   and marker tell the estimators apart, the line style the objectives; error bars are the
   sd over seeds. Cells that would flatten the rest (e.g. score-function gradients on
   continuous latents) are marked off-scale at the top edge with their value.
-* ``bound_curve_<experiment>_<dataset>_<model>``: per run (first seed), L_k against k (log
+* ``bound_curve_<experiment>_<dataset>_<model>_<objective>``: per run (first seed), L_k against k (log
   x) with log p(x) (exact where known, else L_K_eval), and below it the paired ordering
   check: each consecutive difference with threshold x its paired standard error.
 * ``snr_vs_k_<experiment>_<dataset>_<model>_<objective>``: decoder and encoder SNR against
@@ -33,6 +33,7 @@ import copy
 import math
 import re
 import sys
+import textwrap
 from pathlib import Path
 from typing import Callable, Iterator
 
@@ -93,7 +94,7 @@ def _grid(n: int, ncols: int = 4, size: tuple[float, float] = (3.4, 2.9)) -> tup
     return fig, list(axes.flat[:n])
 
 
-MARKERS = "osD^vP*Xph<>d"
+MARKERS = "osDPX*phH8d"  # no triangles: an upward triangle marks an off-scale cell
 DASHES = ["-", "--", ":", "-.", (0, (5, 1, 1, 1)), (0, (3, 1, 1, 1, 1, 1)), (0, (1, 3))]
 
 
@@ -206,12 +207,22 @@ class Inputs:
 # --------------------------------------------------------------------------------------------
 # figures from the tables
 # --------------------------------------------------------------------------------------------
-def _off_scale_marker(ax: plt.Axes, x, value: float, colour, marker: str) -> None:
-    """An off-scale cell: an upward triangle at the top edge, its value written below it."""
+def _off_scale_marker(ax: plt.Axes, x, value: float, colour, row: int, label: str = "") -> None:
+    """An off-scale cell: an upward triangle in the band above the plotted range, its value
+    written beside it; ``row`` stacks the cells of one K downwards."""
     trans = blended_transform_factory(ax.transData, ax.transAxes)
-    ax.scatter([x], [0.985], marker="^", s=36, color=colour, transform=trans, clip_on=False, zorder=5,
+    y = 0.96 - 0.075 * row
+    ax.scatter([x], [y], marker="^", s=30, color=colour, transform=trans, clip_on=False, zorder=5,
                edgecolor="k", linewidth=0.4)
-    ax.text(x, 0.95, f"{value:.0f}", transform=trans, ha="center", va="top", fontsize=6, color=colour)
+    ax.annotate(f"{value:.0f}{label}", (x, y), xycoords=trans, xytext=(5, 0), textcoords="offset points", ha="left",
+                va="center", fontsize=6.5, color=colour)
+
+
+def _dodge(labels) -> dict[str, float]:
+    """A factor per label that spreads points of one K apart on a log axis, so that equal
+    values (STL and DReG at K=1) stay visible."""
+    labels = list(labels)
+    return {label: math.exp(0.045 * (i - (len(labels) - 1) / 2)) for i, label in enumerate(labels)}
 
 
 def nll_vs_k(inp: Inputs) -> Figures:
@@ -227,15 +238,22 @@ def nll_vs_k(inp: Inputs) -> Figures:
         cells = df.groupby(["objective", "estimator", "K"], sort=False).test_nll.agg(["mean", "std"]).reset_index()
         limit = on_scale_limit(cells["mean"])
         on = cells["mean"] <= limit if limit is not None else pd.Series(True, index=cells.index)
+        dodge = _dodge(dict.fromkeys(cells.estimator))
         for (objective, estimator), line in cells.groupby(["objective", "estimator"], sort=False):
             colour, marker = style[estimator]
             line = line.sort_values("K")
             kept = line[on[line.index]]
-            ax.errorbar(kept.K, kept["mean"], yerr=kept["std"].fillna(0), color=colour, marker=marker, ms=5,
-                        ls=dash[objective], lw=1.3, capsize=2)
-            for _, r in line[~on[line.index]].iterrows():
-                _off_scale_marker(ax, r.K, r["mean"], colour, marker)
-                off_any = True
+            ax.errorbar(kept.K * dodge[estimator], kept["mean"], yerr=kept["std"].fillna(0), color=colour,
+                        marker=marker, ms=5, ls=dash[objective], lw=1.3, capsize=2)
+        off = cells[~on].sort_values("mean")
+        for row, (_, r) in zip(off.groupby("K").cumcount(), off.iterrows()):
+            _off_scale_marker(ax, r.K * dodge[r.estimator], r["mean"], style[r.estimator][0], row,
+                              f" ({r.objective})" if cells.objective.nunique() > 1 else "")
+            off_any = True
+        if len(off):  # room above the plotted range for the off-scale band
+            lo, hi = cells[on]["mean"].min(), cells[on]["mean"].max()
+            rows = int(off.groupby("K").size().max())
+            ax.set_ylim(lo - 0.05 * (hi - lo), hi + (0.08 + 0.1 * rows) * (hi - lo))
         _log_axis(ax, cells.K)
         ax.ticklabel_format(axis="y", useOffset=False)
         ax.set(title=f"{dataset} / {model}", xlabel="K (training samples)", ylabel="test NLL (nats)")
@@ -281,30 +299,31 @@ def bound_curve(inp: Inputs) -> Figures:
         s = s.merge(order[["cell", "worst_z", "threshold"]], on="cell", how="left")
     s = s[s.cell.isin(curve.cell)]
     s = s[s.seed == s.groupby(PANEL).seed.transform("min")]
-    for key, runs in s.groupby(PANEL, sort=True):
+    for key, runs in s.groupby([*PANEL, "objective"], sort=True):
         n = len(runs)
         ncols = min(n, 4)
         fig = plt.figure(figsize=(3.4 * ncols, 3.6 * math.ceil(n / ncols)))
         subfigs = np.atleast_1d(fig.subfigures(math.ceil(n / ncols), ncols, squeeze=False)).ravel()
         for sub in subfigs[n:]:
             sub.set_visible(False)
-        for sub, (_, r) in zip(subfigs, runs.iterrows()):
+        for i, (sub, (_, r)) in enumerate(zip(subfigs, runs.iterrows())):
             top, bottom = sub.subplots(2, 1, sharex=True, gridspec_kw={"height_ratios": [2.2, 1], "hspace": 0.08})
             c = curve[curve.cell == r.cell].sort_values("k")
             top.errorbar(c.k, c["mean"], yerr=c.se, marker="o", ms=4, capsize=2, label="L_k ± SE")
             exact = pd.notna(r.exact_log_px)
             top.axhline(r.exact_log_px if exact else r.test_log_px, color="k", ls="--", lw=1,
-                        label="exact log p(x)" if exact else f"L_{int(r.K_eval)}")
+                        label="exact log p(x)" if exact else f"L_{int(r.K_eval)} (log p(x) estimate)")
             _log_axis(bottom, c.k)
             top.set_ylabel("L_k (nats)")
-            top.legend(fontsize=6, loc="lower right")
+            if i == 0:
+                top.legend(fontsize=6, loc="lower right")
             threshold = r.threshold if "threshold" in r and pd.notna(r.threshold) else 3.0
             if checks is not None:
                 _ordering_panel(bottom, checks[checks.cell == r.cell], [int(k) for k in c.k], threshold)
             bottom.set_xlabel("k")
             verdict = ("ordering ok" if r.ordering_passed in (True, "True") else "ordering FAILED") + (
                 f", worst z = {r.worst_z:.1f}" if "worst_z" in r and pd.notna(r.worst_z) else "")
-            top.set_title(f"{r.objective} K={r.K} {r.estimator} seed {r.seed}\n{verdict}", fontsize=8)
+            top.set_title(f"K={r.K} {r.estimator} seed {r.seed}\n{verdict}", fontsize=8)
         fig.suptitle(f"{'/'.join(map(str, key))}: bound curves; below: paired differences ± "
                      f"{threshold:g} SE (pass: bar reaches 0 or above)", fontsize=10, y=1.02)
         yield _slug("bound_curve", *key), fig
@@ -365,16 +384,17 @@ def training_curves(inp: Inputs) -> Figures:
         off = final[-final > limit] if limit is not None else final.iloc[:0]
         shown = mean[~mean.set_index(["estimator", "K"]).index.isin(off.index)]
         for (estimator, K), line in shown.groupby(["estimator", "K"], sort=False):
-            ax.plot(line.step, line.bound, color=style[estimator][0], lw=width[K], alpha=0.9)
+            ax.plot(line.step, line.bound, color=style[estimator][0], lw=width[K], alpha=0.9,
+                    marker=style[estimator][1], ms=3, markevery=max(1, len(line) // 5))
         # the y range of the second half of training, so the first steps do not flatten the end
         late = shown[shown.step >= shown.step.max() / 2].bound
         if len(late):
             lo, hi = late.min(), late.max()
             ax.set_ylim(lo - 0.15 * (hi - lo + 1e-9), hi + 0.1 * (hi - lo + 1e-9))
-        if len(off):
-            ax.text(0.02, 0.03, "off-scale: " + "; ".join(f"{e} K={K} ({v:.0f})" for (e, K), v in off.items()),
-                    transform=ax.transAxes, fontsize=6, va="bottom", wrap=True)
-        ax.set(title=f"{dataset} / {model} / {objective}", xlabel="step", ylabel="training bound (nats)")
+        note = "\n".join(textwrap.wrap("off-scale (final bound): " + "; ".join(
+            f"{e} K={K} ({v:.0f})" for (e, K), v in off.items()), 60)) if len(off) else ""
+        ax.set_title(f"{dataset} / {model} / {objective}" + (f"\n{note}" if note else ""), fontsize=9)
+        ax.set(xlabel="step", ylabel="training bound (nats)")
     extra = [Line2D([], [], color="0.3", lw=width[K], label=f"K={K}") for K in Ks] if len(Ks) > 1 else []
     _legend(fig, style, {}, list(dict.fromkeys(df.estimator)), [], extra)
     fig.suptitle(f"{inp.experiment}: training bound (mean over seeds; y axis: second half of training)",
@@ -418,12 +438,13 @@ def samples(inp: Inputs) -> Figures:
     for name, cell, data, model in inp.trained("samples", lambda c: _dataset_kind(c) == "binary_image"):
         shape = data.image_shape or (28, 28)
         generated = _mean(model.likelihood(model.prior().sample((64,))))
-        x = data.test[:12]
+        x = data.test[:24]
         recon = _mean(model.likelihood(_mean(model.encoder(x))))
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4.6), gridspec_kw={"width_ratios": [1, 1.6]})
-        for ax, img, title in zip(axes, (_mosaic(generated, shape, 8), _mosaic(torch.cat([x, recon]), shape, 12)),
+        pairs = torch.cat([torch.cat([x[i:i + 8], recon[i:i + 8]]) for i in range(0, 24, 8)])  # rows: test, recon
+        fig, axes = plt.subplots(1, 2, figsize=(10, 5.2))
+        for ax, img, title in zip(axes, (_mosaic(generated, shape, 8), _mosaic(pairs, shape, 8)),
                                   ("samples: decoder means of z ~ p(z)",
-                                   "test images (top) and decoder means at encoder means (bottom)")):
+                                   "test images, each row above its reconstruction\n(decoder means at encoder means)")):
             ax.imshow(img, cmap="gray", vmin=0, vmax=1)
             ax.set_title(title, fontsize=9)
             ax.axis("off")
