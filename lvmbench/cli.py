@@ -360,7 +360,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("aggregate", help="run directories to tidy tables",
                        description="Collect run directories into results tables: summary (CSV, Markdown, LaTeX), "
-                                   "bound ordering, gradient variance and skipped combinations.")
+                                   "runs, bound ordering, gradient variance and skipped combinations; every "
+                                   "Markdown page also as HTML, for the report.")
     s.add_argument("runs", nargs="+", help="run directories")
     s.add_argument("--out", required=True, help="tables directory")
     s.add_argument("--skipped", help="skipped-combinations CSV from lvmbench plan")
@@ -369,7 +370,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("plot", help="figures from the tables",
-                       description="Draw the benchmark figures (PNG and PDF) from the tables and run directories.")
+                       description="Draw the benchmark figures (PNG and PDF) from the tables and run directories, "
+                                   "into OUT/<experiment>/<figure type>/.")
     s.add_argument("tables", help="tables directory written by lvmbench aggregate")
     s.add_argument("--runs", nargs="+", required=True, help="run directories (for curves, samples, densities)")
     s.add_argument("--out", required=True, help="figures directory")
