@@ -258,7 +258,7 @@ def test_report_renders(tiny_run):
     text = report.read_text()
     for page in ("summary.html", "runs.html", "ordering.html", "gradvar.html", "skipped.html"):
         assert page in text, page
-    assert "summary.csv" not in text  # tables are pages, not download-only CSVs
+    assert '"name": "summary.csv"' not in text  # tables are pages, not download-only CSVs
     for experiment in load(TINY_CONFIG)["experiments"]:
         assert f'"{experiment}"' in text, experiment
     assert "the bound ordering" in text and "What to look for: samples that look like digits" in text
