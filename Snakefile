@@ -11,7 +11,7 @@ from snakemake.utils import min_version
 from lvmbench.configfile import read_config
 from lvmbench.errors import LvmbenchError
 
-min_version("8.0")
+min_version("9.0")  # --replace-workflow-config (README), runtime units in profiles/slurm
 
 # Snakemake's reader keeps the last of two equal keys and ends in a traceback on bytes that
 # are not UTF-8: lvmbench reads every config file first and refuses both with one line
@@ -32,6 +32,11 @@ report: "workflow/report/workflow.rst"
 
 
 include: "workflow/rules/common.smk"
+
+
+container: CONTAINER  # the config key container, used with --software-deployment-method apptainer
+
+
 include: "workflow/rules/data.smk"  # prepare: load and verify each dataset once
 include: "workflow/rules/runs.smk"  # train, evaluate, gradvar: one run directory per cell
 include: "workflow/rules/amortization.smk"  # amortize: per-datapoint inference for selected cells

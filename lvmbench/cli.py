@@ -2,7 +2,7 @@
 
     lvmbench list                      registries and each entry's declared capabilities
     lvmbench prepare DATASET           download (if needed) and verify a dataset
-    lvmbench plan CONFIG               the valid cells of a pipeline config and the skipped ones
+    lvmbench plan CONFIG [--cell ID]   the valid cells of a pipeline config and the skipped ones
     lvmbench train --cell SPEC --out RUN
     lvmbench evaluate RUN              large-K log p(x), bound curve, exact log p(x), active units, AIS, BDMC
     lvmbench gradvar RUN               gradient variance / SNR at the run's snapshots or its exact optimum
@@ -17,8 +17,10 @@ data (lvmbench.grid.check_settings, as for a config), and each output path (an `
 that names a directory where a file is wanted, or the reverse, is refused at once).
 
 A user error, a full disk or an unreadable file prints one line on stderr and exits with
-status 2, without a traceback; an unexpected internal error prints one line naming a log
-file that holds the traceback, and exits with status 1. The commands import the package
+status 2, without a traceback; a name that is not registered, or not a valid choice, gets
+the closest one suggested. An unexpected internal error prints one line naming a log file
+that holds the traceback, and exits with status 1. Output piped into a program that stops
+reading early (``lvmbench list | head``) ends quietly. The commands import the package
 lazily, so ``lvmbench --help`` answers at once.
 """
 
@@ -30,14 +32,50 @@ import errno
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
+import textwrap
 import traceback
 from pathlib import Path
 
 from lvmbench.configfile import parse_json, read_config, read_config_or_json, read_text
 from lvmbench.errors import LvmbenchError
 from lvmbench.settings import DEVICE, check_finite
+from lvmbench.registry import did_you_mean
+
+
+def plain(text: str) -> str:
+    """Text from a docstring without reST markup: ``x`` and :role:`~a.b.x` become x."""
+    text = re.sub(r":[a-z]+:`~?(?:[^`<]*<)?([^`>]+)>?`", lambda m: m[1].rsplit(".", 1)[-1] if "~" in m[0]
+                  else m[1], text)
+    return text.replace("``", "")
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with "did you mean ...?" for a choice that is not one (a mistyped command or
+    option value), and a usage error on one line (the usage is one ``--help`` away)."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+    def _check_value(self, action: argparse.Action, value) -> None:
+        if action.choices is not None and value not in action.choices:
+            raise argparse.ArgumentError(action, f"invalid choice: {value!r}{did_you_mean(value, action.choices)} "
+                                                 f"(choose from {', '.join(map(str, action.choices))})")
+
+
+class _Version(argparse.Action):
+    """``--version``: the version and, from a git checkout, its commit (looked up only when asked)."""
+
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, **kwargs):
+        super().__init__(option_strings, dest, nargs=0, default=argparse.SUPPRESS, **kwargs)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        from lvmbench.provenance import version
+
+        print(version())
+        parser.exit()
 
 
 def _ints(text: str) -> list[int]:
@@ -79,23 +117,41 @@ def _settings(cls, args: argparse.Namespace, overrides: dict, where: str):
     return settings
 
 
+def _value(v) -> str:
+    """A declared value as a reader wants it: a tuple as a comma list, () as none."""
+    if isinstance(v, (tuple, list)):
+        return ", ".join(map(str, v)) or "none"
+    return str(v)
+
+
 def cmd_list(args: argparse.Namespace) -> None:
     from lvmbench.data import DATASETS
     from lvmbench.estimators import ESTIMATORS
     from lvmbench.models import MODELS
     from lvmbench.objectives import OBJECTIVES
 
-    listing = {reg.kind + "s": {e.name: {"doc": e.doc, **e.capabilities(), "options": e.options()} for e in reg}
+    listing = {reg.kind + "s": {e.name: {"doc": plain(e.doc), **e.capabilities(), "options": e.options(),
+                                         "from": e.origin} for e in reg}
                for reg in (DATASETS, MODELS, OBJECTIVES, ESTIMATORS)}
     if args.json:
         print(json.dumps(listing, indent=2, default=str))
         return
+    width = min(shutil.get_terminal_size((100, 24)).columns, 120)
+    indent = " " * 19
+
+    def block(label: str, text: str) -> str:
+        return textwrap.fill(text, width, initial_indent=indent + label, subsequent_indent=indent + "  ")
+
     for kind, entries in listing.items():
         print(f"{kind}:")
         for name, c in entries.items():
-            caps = ", ".join(f"{k}={v}" for k, v in c.items() if k not in ("doc", "options"))
+            print(textwrap.fill(c["doc"], width, initial_indent=f"  {name:16s} ", subsequent_indent=indent))
+            if c["from"] != "lvmbench":
+                print(block("plugin from: ", c["from"]))
+            caps = "; ".join(f"{k}: {_value(v)}" for k, v in c.items() if k not in ("doc", "options", "from"))
+            print(block("declares: ", caps))
             opts = ", ".join(f"{k}={v!r}" for k, v in c["options"].items()) or "none"
-            print(f"  {name:16s} {c['doc']}\n  {'':16s} [{caps}]\n  {'':16s} options: {opts}")
+            print(block("options: ", opts))
 
 
 def cmd_prepare(args: argparse.Namespace) -> None:
@@ -130,9 +186,25 @@ def cmd_plan(args: argparse.Namespace) -> None:
     if args.skipped:
         save_csv(pd.DataFrame(planned.skipped, columns=["experiment", "dataset", "model", "objective", "K",
                                                         "estimator", "seed", "reason"]), args.skipped)
+    if args.cell is not None:
+        cells = {c.id: c for c in planned.cells}
+        if args.cell not in cells:
+            raise LvmbenchError(f"no cell {args.cell!r} in this config{did_you_mean(args.cell, cells)}; "
+                                f"'lvmbench plan CONFIG' lists them")
+        m = planned.measurements[args.cell]
+        print(json.dumps({"cell": cells[args.cell].to_dict(), "eval": m.eval.to_dict(),
+                          "gradvar": m.gradvar.to_dict(),
+                          "amortization": m.amortize.to_dict() if m.amortize is not None else None}, indent=2))
+        return
     for cell in planned.cells:
         print(cell.id)
-    print(f"{len(planned.cells)} cells, {len(planned.skipped)} skipped combinations", file=sys.stderr)
+    experiments = dict.fromkeys(c.experiment for c in planned.cells)  # config order; each has a cell
+    width = max(len("experiment"), *map(len, experiments))
+    print(f"{'experiment':{width}s}  cells  skipped", file=sys.stderr)
+    for name, cells, skipped in [*((e, sum(c.experiment == e for c in planned.cells),
+                                     sum(r["experiment"] == e for r in planned.skipped)) for e in experiments),
+                                 ("total", len(planned.cells), len(planned.skipped))]:
+        print(f"{name:{width}s}  {cells:5d}  {skipped:7d}", file=sys.stderr)
 
 
 def cmd_train(args: argparse.Namespace) -> None:
@@ -285,17 +357,11 @@ def _measurement(sub, name: str, help: str, description: str, out: str, func) ->
     return s
 
 
-class _Parser(argparse.ArgumentParser):
-    """argparse, with a usage error on one line (the usage is one ``--help`` away)."""
-
-    def error(self, message: str):
-        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
-
-
 def parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="lvmbench", description=__doc__.split("\n\n")[0],
-                                formatter_class=argparse.RawDescriptionHelpFormatter,
-                                epilog="Run 'lvmbench COMMAND --help' for each command's options.")
+    p = Parser(prog="lvmbench", description=plain(__doc__.split("\n\n")[0]),
+               formatter_class=lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=32),
+               epilog="Run 'lvmbench COMMAND --help' for each command's options.")
+    p.add_argument("--version", action=_Version, help="print the version (and the git commit of a checkout)")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
     s = sub.add_parser("list", help="registries and each entry's declared capabilities",
@@ -315,9 +381,12 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("plan", help="the cells a pipeline config runs, and the skipped combinations",
                        description="Expand a pipeline config into valid cells (printed one id per line) "
-                                   "and skipped combinations with their reasons.")
+                                   "and skipped combinations with their reasons; the counts per experiment "
+                                   "go to stderr.")
     s.add_argument("config", help="pipeline config: a YAML file or JSON text (see config/README.md)")
     s.add_argument("--skipped", help="write the skipped combinations and reasons to this CSV")
+    s.add_argument("--cell", metavar="ID", help="print this cell's training spec and measurement settings (JSON) "
+                                                "instead of the list of cells")
     s.set_defaults(func=cmd_plan)
 
     s = sub.add_parser("train", help="train one cell",
@@ -395,7 +464,8 @@ def parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("aggregate", help="run directories to tidy tables",
                        description="Collect run directories into results tables: summary (CSV, Markdown, LaTeX), "
-                                   "bound ordering, gradient variance and skipped combinations.")
+                                   "runs, bound ordering, gradient variance and skipped combinations; every "
+                                   "Markdown page also as HTML, for the report.")
     s.add_argument("runs", nargs="+", help="run directories")
     s.add_argument("--out", required=True, help="tables directory")
     s.add_argument("--skipped", help="skipped-combinations CSV from lvmbench plan")
@@ -404,7 +474,8 @@ def parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("plot", help="figures from the tables",
-                       description="Draw the benchmark figures (PNG and PDF) from the tables and run directories.")
+                       description="Draw the benchmark figures (PNG and PDF) from the tables and run directories, "
+                                   "into OUT/<experiment>/<figure type>/.")
     s.add_argument("tables", help="tables directory written by lvmbench aggregate")
     s.add_argument("--runs", nargs="+", required=True, help="run directories (for curves, samples, densities)")
     s.add_argument("--out", required=True, help="figures directory")
@@ -456,6 +527,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         args.func(args)
+        sys.stdout.flush()  # a reader that stopped early (| head) shows here, not at exit
+    except BrokenPipeError:
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # nothing left to flush at exit
+        return 141  # 128 + SIGPIPE, as a shell reports it
     except LvmbenchError as err:
         print(f"lvmbench {args.command}: error: {_one_line(str(err))}", file=sys.stderr)
         return 2

@@ -44,6 +44,7 @@ from lvmbench.estimators import ESTIMATORS, make_estimator
 from lvmbench.models import MODELS, LatentVariableModel, build_model
 from lvmbench.models.base import fast_distributions, gaussian_family
 from lvmbench.objectives import Objective, make_objective
+from lvmbench.registry import did_you_mean
 from lvmbench.report.paper import check_published
 from lvmbench.rng import forked_rng
 from lvmbench.settings import (
@@ -175,8 +176,14 @@ def check_schema(config: dict) -> None:
     """The config (after its variant) against workflow/schemas/config.schema.yaml: one line
     for the most relevant error, naming where it is."""
     error = jsonschema.exceptions.best_match(_validator().iter_errors(config))
-    if error is not None:
-        raise LvmbenchError(f"{_schema_path(error)}: {' '.join(error.message.split())}")
+    if error is None:
+        return
+    allowed = error.schema.get("properties", {}) if isinstance(error.schema, dict) else {}
+    if error.validator == "additionalProperties" and isinstance(error.instance, dict) and allowed:
+        unknown = sorted(str(k) for k in error.instance if k not in allowed)
+        raise LvmbenchError(f"{_schema_path(error)}: unknown key(s) {unknown}{did_you_mean(unknown[0], allowed)}; "
+                            f"allowed: {sorted(allowed)}")
+    raise LvmbenchError(f"{_schema_path(error)}: {' '.join(error.message.split())}")
 
 
 def _labelled(entries: Any, key: str, where: str) -> dict[str, tuple[str, dict]]:
@@ -364,7 +371,8 @@ def _selection(config: dict, key: str, cls: type, cells: list[Cell]) -> tuple[ob
     match = block["match"]
     unknown = set(match) - set(MATCH_KEYS)
     if unknown:
-        raise LvmbenchError(f"{key}.match: unknown key(s) {sorted(unknown)}; allowed: {list(MATCH_KEYS)}")
+        raise LvmbenchError(f"{key}.match: unknown key(s) {sorted(unknown)}"
+                            f"{did_you_mean(min(unknown), MATCH_KEYS)}; allowed: {list(MATCH_KEYS)}")
     settings = build_settings(cls, {k: v for k, v in block.items() if k != "match"}, key)
     allowed = {k: {str(x) for x in (v if isinstance(v, list) else [v])} for k, v in match.items()}
     chosen = [c for c in cells if all(str(getattr(c, k)) in values for k, values in allowed.items())]
@@ -443,7 +451,8 @@ def plan(config: dict) -> Plan:
             raise LvmbenchError(f"{where}: expected a mapping of axes")
         unknown = set(axes) - EXPERIMENT_KEYS
         if unknown:
-            raise LvmbenchError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(EXPERIMENT_KEYS)}")
+            raise LvmbenchError(f"{where}: unknown key(s) {sorted(unknown)}{did_you_mean(min(unknown), EXPERIMENT_KEYS)}; "
+                                f"allowed: {sorted(EXPERIMENT_KEYS)}")
         missing = {"datasets", "models", "objectives", "K", "estimators"} - set(axes)
         if missing:
             raise LvmbenchError(f"{where}: missing key(s) {sorted(missing)}")
@@ -456,8 +465,7 @@ def plan(config: dict) -> Plan:
         for axis, registry, entries in (("models", MODELS, models), ("estimators", ESTIMATORS, estimators)):
             for name, _ in entries.values():
                 if name not in registry:
-                    raise LvmbenchError(f"{where}.{axis}: unknown {registry.kind} {name!r}; choose one of: "
-                                        f"{', '.join(registry.names())}")
+                    raise LvmbenchError(f"{where}.{axis}: {registry.unknown(name)}")
         built_objectives = {}
         for label, (name, opts) in objectives.items():
             try:
@@ -466,8 +474,7 @@ def plan(config: dict) -> Plan:
                 raise LvmbenchError(f"{where}.objectives: {err}") from None
         for d in axes["datasets"]:
             if d not in DATASETS:
-                raise LvmbenchError(f"{where}.datasets: unknown dataset {d!r}; choose one of: "
-                                    f"{', '.join(DATASETS.names())}")
+                raise LvmbenchError(f"{where}.datasets: {DATASETS.unknown(d)}")
         for label in [*models, *objectives, *estimators]:
             if not isinstance(label, str) or not re.fullmatch(LABEL, label):
                 raise LvmbenchError(f"{where}: label {label!r} must start with a letter or digit and use letters, "

@@ -14,12 +14,15 @@ One directory per cell, ``<results>/runs/<cell id>/``, with the cell id
 ``logs/``               each job's log and benchmark
 ======================  ===================================================================
 
-:class:`RunDir` writes and reads all of these; :func:`load_trained` hands a trained model
+:class:`RunDir` writes and reads all of these; every JSON summary it writes records how it
+was made (:func:`lvmbench.provenance.record`: versions, git commit, device, host, SLURM job,
+start and end times) under ``provenance``. :func:`load_trained` hands a trained model
 to the measurements and the figures, and only once training has finished (``train.json``
-written); :meth:`RunDir.is_finished` tells the planner which cells need no training. Where the directory path, ``cell.json``, the spec stored in a checkpoint and the
-cell named by a summary disagree, it stops with one line naming both; so does
-:meth:`RunDir.check_records`, which ``lvmbench aggregate`` and ``lvmbench plot`` call
-before they take a row from a directory. A file that is truncated or empty is one line too.
+written); :meth:`RunDir.is_finished` tells the planner which cells need no training. Where
+the directory path, ``cell.json``, the spec stored in a checkpoint and the cell named by a
+summary disagree, it stops with one line naming both; so does :meth:`RunDir.check_records`,
+which ``lvmbench aggregate`` and ``lvmbench plot`` call before they take a row from a
+directory. A file that is truncated or empty is one line too.
 
 The process that trains or measures a run directory holds a lock on it (:func:`holds_run`,
 ``fcntl.flock``, released by the kernel when the process dies, however it dies): a
@@ -51,6 +54,7 @@ from typing import IO, Any, Callable, Iterator, NamedTuple
 import pandas as pd
 import torch
 
+from lvmbench import provenance
 from lvmbench.data import Dataset, load_dataset
 from lvmbench.devices import pick_device
 from lvmbench.errors import LvmbenchError
@@ -213,8 +217,11 @@ class RunDir:
             raise LvmbenchError(f"{path} is not a JSON mapping; delete it and rerun the job that writes it")
         return value
 
-    def write_json(self, name: str, obj: Any) -> Path:
-        return save_json(obj, self.file(f"{name}.json"))
+    def write_json(self, name: str, obj: dict, path: str | Path | None = None) -> Path:
+        """Write the summary ``name``.json (or ``path``, a command's ``--out``) with its
+        ``provenance`` (the job's device is the summary's ``device``)."""
+        return save_json({**obj, "provenance": provenance.record(obj.get("device"))},
+                         Path(path) if path else self.file(f"{name}.json"))
 
     def read_table(self, name: str) -> pd.DataFrame | None:
         """A table (``train``, ``gradvar``), or None when it is not written; one line when it is

@@ -31,6 +31,7 @@ from dataclasses import MISSING, asdict, dataclass, field, fields
 from typing import Any, Iterator, get_type_hints
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.registry import did_you_mean
 
 #: names that become path components (experiments; dataset, model, objective and estimator
 #: labels): they start with a letter or digit, so none is "." or ".." or hidden, and hold at
@@ -153,7 +154,9 @@ def build_settings(cls: type, values: dict | None, where: str):
     names = [f.name for f in fields(cls)]
     unknown = set(values) - set(names)
     if unknown:
-        raise LvmbenchError(f"{where}: unknown key(s) {sorted(map(str, unknown))}; allowed: {sorted(names)}")
+        unknown = sorted(map(str, unknown))
+        raise LvmbenchError(f"{where}: unknown key(s) {unknown}{did_you_mean(unknown[0], names)}; "
+                            f"allowed: {sorted(names)}")
     checked = {}
     for f in fields(cls):
         if f.name in values:
@@ -182,6 +185,7 @@ class WorkflowSettings(Settings):
     gpu: int = setting(1, minimum=0)  # GPUs each such job requests (Snakemake resource gpu)
     bundle: int = setting(16, minimum=1)  # most cells (equal but for the seed) one train job trains together
     compile: bool | str = setting("auto", choices=("auto", True, False))  # torch.compile the training step
+    container: str | None = setting(None, min_length=1)  # image of every job with --sdm apptainer
 
     def check(self, where: str) -> None:
         """The results directory is never the file system root (``results: /``, or a path

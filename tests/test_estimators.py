@@ -180,8 +180,8 @@ def test_lvmbench_list_states_when_stl_is_biased_and_how_much(capsys):
     from lvmbench.cli import main
 
     assert main(["list"]) == 0
-    stl = capsys.readouterr().out.split("\n  stl ", 1)[1].split("\n  dreg ", 1)[0]
-    assert "bias=biased (encoder) when a group holds > 1 sample (iwae K > 1)" in stl and "6x the unbiased" in stl
+    stl = " ".join(capsys.readouterr().out.split("\n  stl ", 1)[1].split("\n  dreg ", 1)[0].split())
+    assert "bias: biased (encoder) when a group holds > 1 sample (iwae K > 1)" in stl and "6x the unbiased" in stl
 
 
 @pytest.mark.slow
@@ -273,7 +273,8 @@ def test_why_invalid_accepts(model, objective, K, estimator):
     (("gmm", "iwae", 2.0, "score"), "K must be an integer >= 1"),
     (("gmm", "iwae", True, "score"), "K must be an integer >= 1"),
     (("hmm", "iwae", 1, "score"), "unknown model 'hmm'; choose one of: " + ", ".join(MODELS.names())),
-    (("gmm", "iwea", 1, "score"), "unknown objective 'iwea'; choose one of: " + ", ".join(OBJECTIVES.names())),
+    (("gmm", "iwea", 1, "score"), "unknown objective 'iwea' (did you mean 'iwae'?); choose one of: "
+     + ", ".join(OBJECTIVES.names())),
     (("gmm", "iwae", 1, "rebar"), "unknown estimator 'rebar'; choose one of: " + ", ".join(ESTIMATORS.names())),
 ])
 def test_why_invalid_raises(args, expect):

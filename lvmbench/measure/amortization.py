@@ -61,7 +61,7 @@ from torch.distributions import Distribution, Independent, MultivariateNormal, N
 from tqdm.auto import tqdm
 
 from lvmbench.errors import LvmbenchError
-from lvmbench.io import save_csv, save_json
+from lvmbench.io import save_csv
 from lvmbench.models.base import LatentVariableModel, gaussian_family, log_weights
 from lvmbench.objectives import Objective, grouped_iwae
 from lvmbench.grid import amortization_objective, amortization_sizes
@@ -337,7 +337,7 @@ def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(
     diverged = RunDir(run).divergence()
     if diverged:
         summary = {"cell": RunDir(run).read_cell().id, "status": diverged, "settings": s.to_dict()}
-        save_json(summary, out)
+        RunDir(run).write_json("amortization", summary, out)
         save_csv(pd.DataFrame(columns=["point"]), out.with_suffix(".csv"))
         return summary
     cell, data, model, _, _ = load_trained(run, device=device, data_dir=data_dir)
@@ -349,6 +349,6 @@ def amortize_run(run: str | Path, settings: AmortizeSettings = AmortizeSettings(
                                      check_every=s.check_every, seed=s.seed, max_samples=s.max_samples,
                                      progress=progress)
     summary = {"cell": cell.id, **result.summary(), "device": str(dev), "settings": s.to_dict()}
-    save_json(summary, out)
+    RunDir(run).write_json("amortization", summary, out)
     save_csv(result.table(), out.with_suffix(".csv"))
     return summary

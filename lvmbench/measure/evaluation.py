@@ -37,7 +37,6 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from lvmbench.errors import LvmbenchError
-from lvmbench.io import save_json
 from lvmbench.measure.ais import ais_log_px
 from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights
 from lvmbench.rng import forked_rng, stream, stream_seed
@@ -296,7 +295,7 @@ def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), devic
     diverged = RunDir(run).divergence()
     if diverged:
         result = {"cell": RunDir(run).read_cell().id, "status": diverged, "settings": settings.to_dict()}
-        save_json(result, out)
+        RunDir(run).write_json("eval", result, out)
         return result
     trained = load_trained(run, device=device, data_dir=data_dir)
     model, data, s = trained.model, trained.data, settings
@@ -326,5 +325,5 @@ def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), devic
             result.update(_ordering_verdict(pd.concat([test_order, sim_order], ignore_index=True),
                                             s.ordering_threshold),
                           ordering_simulated_reference=sim_order.reference.iloc[0])
-    save_json(result, out)
+    RunDir(run).write_json("eval", result, out)
     return result

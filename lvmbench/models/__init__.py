@@ -6,6 +6,7 @@ The registry checks those declarations when an entry is added."""
 
 from __future__ import annotations
 
+from lvmbench.data import DATA_KINDS
 from lvmbench.errors import LvmbenchError
 from lvmbench.models.base import LatentVariableModel, LogWeights, log_weights
 from lvmbench.models.discrete import SBN, CatVAE
@@ -15,8 +16,6 @@ from lvmbench.models.vae import VAE
 from lvmbench.models.vqvae import VQVAE
 from lvmbench.registry import Registry, describe, options_of
 
-#: kinds of data a dataset can be and a model can declare
-DATA_KINDS = ("continuous", "binary_image")
 CAPABILITIES = ("latent_kind", "data", "reparameterizable", "exact", "relaxable", "straight_through", "deterministic")
 
 
@@ -44,7 +43,8 @@ def _check_model(name: str, cls: type) -> None:
 
 
 MODELS: Registry[type[LatentVariableModel]] = Registry(
-    "model", capabilities=CAPABILITIES, check=_check_model, options=lambda cls: options_of(cls, skip=("x_dim",)))
+    "model", capabilities=CAPABILITIES, check=_check_model, options=lambda cls: options_of(cls, skip=("x_dim",)),
+    plugins="lvmbench.models")
 for _name, _cls in (("gmm", GMM), ("linear_gaussian", LinearGaussian), ("vae", VAE), ("sbn", SBN),
                     ("catvae", CatVAE), ("vqvae", VQVAE)):
     MODELS.register(_name)(_cls)

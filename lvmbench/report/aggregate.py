@@ -25,13 +25,20 @@ e.g. on a full disk):
   optimum) by estimator, K and group, and the biased estimators with their condition and
   measured relative bias.
 * ``skipped.csv`` / ``skipped.md``: the combinations the plan left out, with reasons.
+* ``runs.md``: one readable row per run (status, log p(x) with its standard error, bound
+  ordering, training, device, version).
 
-Markdown and LaTeX are written by :func:`render`, so neither tabulate nor jinja2 is needed.
+Every Markdown page also comes as a self-contained HTML page (``summary.html``,
+``runs.html``, ``ordering.html``, ``gradvar.html``, ``skipped.html``, ``published.html``),
+which ``snakemake --report`` shows. Markdown, LaTeX and HTML are written by :func:`render`
+and :func:`page_files`, so neither tabulate nor jinja2 is needed.
 """
 
 from __future__ import annotations
 
+import html
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -50,7 +57,7 @@ SUMMARY_COLUMNS = ["cell", *RUN_KEYS, "model_name", "objective_name", "status", 
                    "active_units", "ordering_passed", "ordering_reference", "ais_log_px", "ais_log_px_se", "ais_gain",
                    "ais_gain_se", "ais_n_test", "bdmc_lower", "bdmc_upper", "bdmc_width", "bdmc_width_se",
                    "bdmc_points", "amortization_gap", "amortization_gap_se", "final_train_bound", "steps", "schedule",
-                   "wall_time", "device", "run"]
+                   "wall_time", "device", "lvmbench_version", "git_commit", "run"]
 INT_COLUMNS = ["K_eval", "n_test", "ais_n_test", "bdmc_points", "steps"]  # missing where not measured
 GROUPED_COLUMNS = [*GROUP_KEYS, "n_seeds", "log_px_mean", "log_px_sd", "nll_mean", "nll_sd", "exact_log_px_mean",
                    "exact_log_px_sd", "active_units", "n_excluded"]
@@ -97,6 +104,8 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
         status = "ok"
     units = ev_.get("active_units") or []
     ais, bdmc = ev_.get("ais") or {}, ev_.get("bdmc") or {}
+    made = tr.get("provenance") or {}  # how the run was trained (lvmbench.provenance)
+    commit = made.get("git_commit")
     return {
         **{k: c[k] for k in ("cell", *RUN_KEYS, "model_name", "objective_name", "run")},
         "status": status, "test_log_px": log_px, "test_log_px_se": ev_.get("log_px_se", math.nan),
@@ -117,6 +126,8 @@ def _summary_row(c: dict, trained: dict | None, ev: dict | None, amortization: d
         "steps": tr.get("steps"),
         "schedule": describe_schedule(c.get("train", {})),
         "wall_time": tr.get("wall_time", math.nan), "device": tr.get("device_name") or tr.get("device"),
+        "lvmbench_version": made.get("lvmbench_version"),
+        "git_commit": commit and commit[:12] + ("+dirty" if made.get("git_dirty") else ""),
     }
 
 
@@ -263,7 +274,7 @@ def _display_summary(grouped: pd.DataFrame) -> pd.DataFrame:
     })
 
 
-TABLE_SUFFIXES = (".csv", ".md", ".tex")
+TABLE_SUFFIXES = (".csv", ".md", ".tex", ".html")
 
 
 def _check_out(out: Path) -> None:
@@ -292,14 +303,72 @@ def _fmt(df: pd.DataFrame, digits: str = ".3g") -> pd.DataFrame:
                                     else v) if s.dtype.kind == "f" else s)
 
 
-def _summary_md(summary: pd.DataFrame, grouped: pd.DataFrame) -> str:
-    text = ("# Test log-likelihood\n\nMean ± standard deviation over seeds of the test log p(x) "
-            "(estimated by L_K_eval) and NLL = -log p(x); exact log p(x) where the model has it.\n\n"
-            + render(_display_summary(grouped)))
+#: a page: its title, then paragraphs (str), tables (DataFrame) and ("h2", heading) sections
+Page = list
+NUMBER = re.compile(r"^[-+]?(\d[\d,]*\.?\d*|\.\d+)(e[-+]?\d+)?( ± [-+]?[\d.]+(e[-+]?\d+)?)?$|^-?inf$|^nan$", re.I)
+STYLE = ("body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:1.2em 1.6em;color:#222;"
+         "line-height:1.4}h1{font-size:1.3em}h2{font-size:1.1em;margin-top:1.6em}p{max-width:60em}"
+         "table{border-collapse:collapse;font-size:13px}th,td{padding:3px 9px;border-bottom:1px solid #ddd;"
+         "text-align:left;white-space:nowrap}th{background:#f2f2f2;position:sticky;top:0}"
+         "td.n{text-align:right;font-variant-numeric:tabular-nums}tbody tr:nth-child(even){background:#fafafa}"
+         "tbody tr:hover{background:#eef4ff}")
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    cells = df.map(lambda v: "" if v is None or (not isinstance(v, str) and pd.isna(v)) else str(v))
+    head = "".join(f"<th>{html.escape(str(c))}</th>" for c in cells.columns)
+    rows = "".join("<tr>" + "".join(f'<td class="n">{html.escape(v)}</td>' if NUMBER.match(v)
+                                    else f"<td>{html.escape(v)}</td>" for v in row) + "</tr>\n"
+                   for row in cells.values.tolist())
+    return f"<table>\n<thead><tr>{head}</tr></thead>\n<tbody>\n{rows}</tbody>\n</table>\n"
+
+
+def page_files(page: Page, name: str) -> dict[str, str]:
+    """``name.md`` and ``name.html`` (their texts by file name) from one page: its title
+    first, then paragraphs, tables and ``("h2", heading)`` sections."""
+    title, *blocks = page
+    md, body = [f"# {title}\n\n"], [f"<h1>{html.escape(title)}</h1>\n"]
+    for block in blocks:
+        if isinstance(block, pd.DataFrame):
+            md.append(render(block))
+            body.append(_html_table(block))
+        elif isinstance(block, tuple):
+            md.append(f"\n## {block[1]}\n\n")
+            body.append(f"<h2>{html.escape(block[1])}</h2>\n")
+        else:
+            md.append(f"{block}\n\n")
+            body.append(f"<p>{html.escape(block)}</p>\n")
+    return {f"{name}.md": "".join(md),
+            f"{name}.html": f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}'
+                            f"</title><style>{STYLE}</style></head>\n<body>\n{''.join(body)}</body></html>\n"}
+
+
+def _summary_page(summary: pd.DataFrame, grouped: pd.DataFrame) -> Page:
+    page = ["Test log-likelihood", "Mean ± standard deviation over seeds of the test log p(x) (estimated by "
+            "L_K_eval) and NLL = -log p(x); exact log p(x) where the model has it.", _display_summary(grouped)]
     flagged = summary[summary.status != "ok"]
     if len(flagged):
-        text += "\n## Runs left out of the means\n\n" + render(flagged[["cell", "status", "test_log_px"]])
-    return text
+        page += [("h2", "Runs left out of the means"), flagged[["cell", "status", "test_log_px"]]]
+    return page
+
+
+def _runs_page(summary: pd.DataFrame, ordering: pd.DataFrame) -> Page:
+    worst = ordering.set_index("cell").worst_z if len(ordering) else pd.Series(dtype=float)
+    runs = pd.DataFrame({
+        "cell": summary.cell, "status": summary.status,
+        "test log p(x) ± SE": _pm(summary.test_log_px, summary.test_log_px_se, 3),
+        "exact log p(x)": _pm(summary.exact_log_px, pd.Series(math.nan, index=summary.index), 3),
+        "K_eval": summary.K_eval, "ESS": _fmt(summary[["ess_mean"]]).ess_mean,
+        "ordering": [("" if pd.isna(p) else ("passed" if p else "FAILED"))
+                     + ("" if pd.isna(worst.get(c)) else f" (worst z {worst[c]:.1f})")
+                     for c, p in zip(summary.cell, summary.ordering_passed)],
+        "train bound": _pm(summary.final_train_bound, pd.Series(math.nan, index=summary.index)),
+        "schedule": summary.schedule, "wall time (s)": _fmt(summary[["wall_time"]]).wall_time,
+        "device": summary.device, "lvmbench": summary.lvmbench_version, "commit": summary.git_commit,
+    })
+    return ["Runs", f"{len(summary)} runs, {int((summary.status == 'ok').sum())} with status ok. Test log p(x) "
+            "is L_K_eval with its standard error over test points; the ordering check is L_k <= L_k' <= log p(x) "
+            "on paired per-point differences (worst z-score in brackets).", runs]
 
 
 def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | None = None,
@@ -319,45 +388,46 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
         f"{name}.csv": tables[name]
         for name in ("summary", "bound_curve", "summary_grouped", "ordering", "ordering_checks", "sandwich",
                      "gradvar")}
-    files["summary.md"] = _summary_md(summary, grouped)
+    files.update(page_files(_summary_page(summary, grouped), "summary"))
     files["summary.tex"] = render(_display_summary(grouped), "tex")
-
     order = tables["ordering"]
-    files["ordering.md"] = (
-        f"# Bound ordering\n\n{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} "
-        "evaluated runs pass L_1 <= ... <= L_K_eval [<= AIS] [<= log p(x)] [<= BDMC upper] (paired z-tests; "
-        "a check fails when z < -threshold). `reference` is the top of the test-data chain each L_k is "
-        "checked against: `exact` log p(x), `ais`, or `largest_k` (L_K_eval itself, a circular check); "
-        "`simulated_reference` is `bdmc_upper` where the BDMC sandwich ran on simulated data.\n\n"
-        + render(_fmt(order[["cell", "passed", "reference", "simulated_reference", "worst", "worst_z",
-                             "threshold", "n_checks", "n_failed"]])))
+    files.update(page_files(_runs_page(summary, order), "runs"))
+    files.update(page_files(
+        ["Bound ordering", f"{int(order.passed.fillna(False).astype(bool).sum())} of {len(order)} evaluated runs pass "
+         "L_1 <= ... <= L_K_eval [<= AIS] [<= log p(x)] [<= BDMC upper]: each check compares two bounds on the same "
+         "points, and fails when the mean paired difference lies more than threshold standard errors below zero. "
+         "`reference` is the top of the test-data chain each L_k is checked against: `exact` log p(x), `ais`, or "
+         "`largest_k` (L_K_eval itself, a circular check); `simulated_reference` is `bdmc_upper` where the BDMC "
+         "sandwich ran on simulated data.",
+         _fmt(order[["cell", "passed", "reference", "simulated_reference", "worst", "worst_z", "threshold",
+                     "n_checks", "n_failed"]])], "ordering"))
+    files.update(page_files(
+        ["log p(x) by AIS, and the BDMC sandwich", "AIS (Neal 2001; HMC as in Wu et al. 2017) on the first "
+         "`ais_n_test` test points beside L_K_eval on the same points (`ais_gain` = AIS - L_K_eval, paired, with its "
+         "SE); the BDMC sandwich (Grosse et al. 2015) on `bdmc_points` points simulated from the model: forward AIS "
+         "(lower) and reverse AIS from the exact posterior sample (upper), both stochastic bounds on log p(x), and "
+         "the width upper - lower (docs/measurements.md).", _fmt(tables["sandwich"].drop(columns=RUN_KEYS), ".5g")],
+        "sandwich"))
 
     tables["biased"] = biased = biased_table(tables["gradvar"])
-    files["sandwich.md"] = ("# log p(x) by AIS, and the BDMC sandwich\n\nAIS (Neal 2001; HMC as in Wu et al. 2017) on the "
-                            "first `ais_n_test` test points beside L_K_eval on the same points (`ais_gain` = AIS - L_K_eval, "
-                            "paired, with its SE); the BDMC sandwich (Grosse et al. 2015) on `bdmc_points` points simulated "
-                            "from the model: forward AIS (lower) and reverse AIS from the exact posterior sample (upper), "
-                            "both stochastic bounds on log p(x), and the width upper - lower (docs/measurements.md).\n\n"
-                            + render(_fmt(tables["sandwich"].drop(columns=RUN_KEYS),".5g")))
-
-    gv_text = ("# Gradient signal-to-noise ratio and variance\n\nAt each run's final snapshot, or at the exact "
-               "optimum plus noise for runs measured `at: optimum`; mean over the runs of each (experiment, "
-               "dataset, model, trained objective, K): seeds and training estimators. Each draw is the gradient "
-               "of the bound summed over the minibatch. `snr_mean` / `snr_median`: mean / median over the "
-               "group's parameter components of |E[g]| / std[g]; `snr_floor` = sqrt(2 / (pi draws)), the SNR "
-               "estimate of a component with no signal; `frac_at_floor`: the fraction of components below 3 x "
-               "the floor. `relative_bias` = ||E[g] - exact|| / ||exact|| where an exact gradient exists; "
-               "`bias_noise` is the bias an unbiased estimator would show from Monte Carlo error alone.\n\n"
-               + render(_fmt(gv)))
+    gv_page = ["Gradient signal-to-noise ratio and variance",
+               "At each run's final snapshot, or at the exact optimum plus noise for runs measured `at: optimum`; "
+               "mean over the runs of each (experiment, dataset, model, trained objective, K): seeds and training "
+               "estimators. Each draw is the gradient of the bound summed over the minibatch. `snr_mean` / "
+               "`snr_median`: mean / median over the group's parameter components of |E[g]| / std[g]; `snr_floor` = "
+               "sqrt(2 / (pi draws)), the SNR estimate of a component with no signal; `frac_at_floor`: the fraction "
+               "of components below 3 x the floor. `relative_bias` = ||E[g] - exact|| / ||exact|| where an exact "
+               "gradient exists; `bias_noise` is the bias an unbiased estimator would show from Monte Carlo error "
+               "alone.", _fmt(gv)]
     if len(biased):
-        gv_text += ("\n## Biased estimators\n\nEach estimator measured where its declaration says it is "
-                    "biased, with the condition, and the measured encoder-gradient bias relative to the exact "
-                    "gradient where one exists (compare with `bias_noise`).\n\n" + render(_fmt(biased)))
+        gv_page += [("h2", "Biased estimators"), "Each estimator measured where its declaration says it is biased, "
+                    "with the condition, and the measured encoder-gradient bias relative to the exact gradient where "
+                    "one exists (compare with `bias_noise`).", _fmt(biased)]
     raw = tables["gradvar"]
     if "skipped" in raw and raw.skipped.notna().any():
         gone = raw[raw.skipped.notna()].drop_duplicates(["estimator", "skipped"])
-        gv_text += "\n## Estimators not measured\n\n" + render(gone[["estimator", "K", "skipped"]])
-    files["gradvar.md"] = gv_text
+        gv_page += [("h2", "Estimators not measured"), gone[["estimator", "K", "skipped"]]]
+    files.update(page_files(gv_page, "gradvar"))
 
     if skipped is not None:
         if not Path(skipped).exists():
@@ -367,16 +437,16 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
         except pd.errors.EmptyDataError:
             tables["skipped"] = sk = pd.DataFrame(columns=SKIPPED_COLUMNS)
         files["skipped.csv"] = sk
-        files["skipped.md"] = (f"# Skipped combinations\n\n{len(sk)} combinations were not run.\n\n"
-                               + (render(sk) if len(sk) else ""))
+        files.update(page_files(["Skipped combinations", f"{len(sk)} combinations were not run.",
+                                 *([sk] if len(sk) else [])], "skipped"))
     if published:
         tables["published"] = pub = published_table(published, summary, tables["gradvar"])
         hits = pub.within_tolerance.dropna()
         files["published.csv"] = pub
-        files["published.md"] = (
-            f"# Published vs reproduced\n\n{int(hits.sum())} of {len(hits)} reproduced numbers lie within "
-            f"the stated tolerance of the published ones ({len(pub) - len(hits)} not run). "
-            "difference = reproduced mean - published.\n\n" + render(_fmt(pub, ".5g")))
+        files.update(page_files(
+            ["Published vs reproduced", f"{int(hits.sum())} of {len(hits)} reproduced numbers lie within the "
+             f"stated tolerance of the published ones ({len(pub) - len(hits)} not run). difference = "
+             "reproduced mean - published.", _fmt(pub, ".5g")], "published"))
     replace_dir(out, lambda directory: _write_all(files, directory))
     n_bad = int((summary.status != "ok").sum())
     print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"
@@ -384,5 +454,5 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
     return tables
 
 
-__all__ = ["aggregate", "collect", "group_seeds", "gradvar_table", "read_cell", "render", "RUN_KEYS",
+__all__ = ["aggregate", "collect", "group_seeds", "gradvar_table", "read_cell", "render", "page_files", "RUN_KEYS",
            "GROUP_KEYS", "SUMMARY_COLUMNS"]

@@ -9,14 +9,13 @@ rule amortize:
         f"{RUN}/logs/amortize.log",
     benchmark:
         f"{RUN}/logs/amortize.benchmark.tsv"
-    params:
-        run=run_dir,
-        settings=amortize_settings,
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPUS,
-    conda:
-        ENV
+    params:
+        run=run_dir,
+        settings=amortize_settings,
     shell:
-        "lvmbench amortize {params.run:q} --settings {params.settings:q} --out {output:q} "
-        "--quiet > {log:q} 2>&1"
+        "lvmbench amortize {params.run:q} --settings {params.settings:q} --out {output:q} --quiet > {log:q} 2>&1"

@@ -11,10 +11,10 @@ Each rule's params hold only its own part: train the training spec, evaluate the
 settings (and the AIS settings of the cells the ais block selects), gradvar the
 gradient-variance settings, amortize the amortization settings.
 Snakemake reruns a job when its params change, so editing a measurement's settings
-reruns that measurement and never training. Where a job runs (the device) and where
-it finds its data are not part of any of them: they reach the jobs as the environment
-variables LVMBENCH_DEVICE, LVMBENCH_COMPILE and LVMBENCH_DATA, and changing them reruns
-nothing.
+reruns that measurement and never training. Where a job runs (the device and the GPUs
+it asked for) and where it finds its data are not part of any of them: they reach the
+jobs as the environment variables LVMBENCH_DEVICE, LVMBENCH_GPUS, LVMBENCH_COMPILE and
+LVMBENCH_DATA, and changing them reruns nothing.
 """
 
 import json
@@ -22,6 +22,8 @@ import os
 import sys
 from dataclasses import fields
 from pathlib import Path
+
+from snakemake_interface_executor_plugins.settings import DeploymentMethod
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.grid import bundles, plan, resolve_variant
@@ -62,19 +64,29 @@ DATASETS = sorted({cell.dataset for cell in CELLS.values()})
 # already trained stays alone, so adding seeds reruns nothing of the finished ones.
 FINISHED = frozenset(c.id for c in PLAN.cells if RunDir(f"{RESULTS}/runs/{c.id}").is_finished(c))
 BUNDLES = bundles(PLAN.cells, PLAN.workflow.bundle, FINISHED)
-# Where jobs run and find their data reach them through the environment, never through
-# params: every job (local or on a cluster node) parses this file again, so it sees them too.
-# LVMBENCH_PARENT_PID is the Snakemake process running the jobs (on a cluster node, the one
-# there): a job watches it and stops when it is gone (lvmbench.runs.watch_parent).
+# Where jobs run, the GPUs they asked for and where they find their data reach them through
+# the environment, never through params: every job (local or on a cluster node) parses this
+# file again, so it sees them too. A job that asked for GPUs stops when torch sees none
+# where there are some (lvmbench.devices). LVMBENCH_PARENT_PID is the Snakemake process
+# running the jobs (on a cluster node, the one there): a job watches it and stops when it
+# is gone (lvmbench.runs.watch_parent).
 os.environ.update(
     {
         "LVMBENCH_DEVICE": PLAN.workflow.device,
+        "LVMBENCH_GPUS": str(PLAN.workflow.gpu),
         "LVMBENCH_COMPILE": str(PLAN.workflow.compile).lower(),
         "LVMBENCH_PARENT_PID": str(os.getpid()),
         **({"LVMBENCH_DATA": PLAN.workflow.data_dir} if PLAN.workflow.data_dir else {}),
     }
 )
 THREADS, GPUS = PLAN.workflow.threads, PLAN.workflow.gpu
+# The image of every job with --software-deployment-method apptainer (README, "Containers").
+CONTAINER = PLAN.workflow.container
+if DeploymentMethod.APPTAINER in workflow.deployment_settings.deployment_method and not CONTAINER:
+    config_error(
+        "--software-deployment-method apptainer needs the config key container: a .sif file built from the "
+        "repository's Dockerfile or a docker:// URI of it (README, 'Containers')"
+    )
 
 
 wildcard_constraints:

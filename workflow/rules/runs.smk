@@ -1,7 +1,8 @@
 # One directory per cell under results/runs/: train writes cell.json, train.csv,
 # train.json, checkpoint.pt and snapshots/; evaluate adds eval.json; gradvar adds
-# gradvar.csv; logs/ holds each job's log and benchmark (time and memory); a train job's
-# log is under results/logs/train/, one per bundle.
+# gradvar.csv; every JSON summary is written by RunDir, which records its provenance;
+# logs/ holds each job's log and benchmark (time and memory); a train job's log is under
+# results/logs/train/, one per bundle.
 # checkpoint.pt and snapshots/ are not declared outputs on purpose: Snakemake deletes
 # a failed job's outputs, and an interrupted run must keep its checkpoint to resume.
 # Each rule's params are its own part of the plan (see common.smk): the training spec
@@ -28,13 +29,13 @@ for _bundle in BUNDLES:
             f"{RESULTS}/logs/train/{_bundle.id}.log",
         benchmark:
             f"{RESULTS}/logs/train/{_bundle.id}.benchmark.tsv"
-        params:
-            spec=json.dumps(_bundle.spec, sort_keys=True),
+        conda:
+            ENV
         threads: THREADS
         resources:
             gpu=GPUS,
-        conda:
-            ENV
+        params:
+            spec=json.dumps(_bundle.spec, sort_keys=True),
         shell:
             "lvmbench train --cell {params.spec:q} --out {output:q} > {log:q} 2>&1"
 
@@ -51,15 +52,15 @@ rule evaluate:
         f"{RUN}/logs/evaluate.log",
     benchmark:
         f"{RUN}/logs/evaluate.benchmark.tsv"
+    conda:
+        ENV
+    threads: THREADS
+    resources:
+        gpu=GPUS,
     params:
         run=run_dir,
         settings=eval_settings,
         ais=ais_settings,
-    threads: THREADS
-    resources:
-        gpu=GPUS,
-    conda:
-        ENV
     shell:
         "lvmbench evaluate {params.run:q} --settings {params.settings:q} --ais {params.ais:q} --out {output:q} "
         "--quiet > {log:q} 2>&1"
@@ -76,14 +77,13 @@ rule gradvar:
         f"{RUN}/logs/gradvar.log",
     benchmark:
         f"{RUN}/logs/gradvar.benchmark.tsv"
-    params:
-        run=run_dir,
-        settings=gradvar_settings,
+    conda:
+        ENV
     threads: THREADS
     resources:
         gpu=GPUS,
-    conda:
-        ENV
+    params:
+        run=run_dir,
+        settings=gradvar_settings,
     shell:
-        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} "
-        "--quiet > {log:q} 2>&1"
+        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} --quiet > {log:q} 2>&1"
