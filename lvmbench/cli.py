@@ -311,20 +311,30 @@ def cmd_amortize(args: argparse.Namespace) -> None:
           file=sys.stderr)
 
 
+def _config_list(text: str | None, key: str) -> list | None:
+    """``--published`` / ``--claims``: JSON text of a list, or an experiment config whose
+    ``key`` list it is; None when not given."""
+    if not text:
+        return None
+    value = parse_json(text, f"--{key}") if text.lstrip().startswith("[") else read_config(text)
+    value = value.get(key, []) if isinstance(value, dict) else value
+    check_finite(value, f"--{key}")
+    return value
+
+
 def cmd_aggregate(args: argparse.Namespace) -> None:
     from lvmbench.io import check_output
     from lvmbench.report.aggregate import aggregate
+    from lvmbench.report.claims import check_claims
     from lvmbench.report.paper import check_published
 
-    published = None
-    if args.published:
-        published = parse_json(args.published, "--published") if args.published.lstrip().startswith("[") \
-            else read_config(args.published)
-        published = published.get("published", []) if isinstance(published, dict) else published
-        check_finite(published, "--published")
+    published, claims = _config_list(args.published, "published"), _config_list(args.claims, "claims")
+    if published is not None:
         check_published(published)
+    if claims is not None:
+        check_claims(claims)
     check_output(args.out, "--out", directory=True)
-    aggregate(args.runs, args.out, skipped=args.skipped, published=published)
+    aggregate(args.runs, args.out, skipped=args.skipped, published=published, claims=claims)
 
 
 def cmd_plot(args: argparse.Namespace) -> None:
@@ -470,7 +480,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, help="tables directory")
     s.add_argument("--skipped", help="skipped-combinations CSV from lvmbench plan")
     s.add_argument("--published", help="published numbers: an experiment config (its 'published' list), or "
-                                       "the list as JSON text; writes published.csv/md")
+                                       "the list as JSON text; writes published.csv/md/html")
+    s.add_argument("--claims", help="paper claims to check: an experiment config (its 'claims' list), or the "
+                                    "list as JSON text; writes claims.csv/md/html")
     s.set_defaults(func=cmd_aggregate)
 
     s = sub.add_parser("plot", help="figures from the tables",

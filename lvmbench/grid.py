@@ -45,6 +45,7 @@ from lvmbench.models import MODELS, LatentVariableModel, build_model
 from lvmbench.models.base import fast_distributions, gaussian_family
 from lvmbench.objectives import Objective, make_objective
 from lvmbench.registry import did_you_mean
+from lvmbench.report.claims import check_claims
 from lvmbench.report.paper import check_published
 from lvmbench.rng import forked_rng
 from lvmbench.settings import (
@@ -439,6 +440,8 @@ def plan(config: dict) -> Plan:
     if config.get("published") is not None:
         check_published(config["published"])
         _check_published_names(config["published"], base, config)
+    if config.get("claims") is not None:
+        check_claims(config["claims"])
     workflow = build_settings(WorkflowSettings, {f.name: config[f.name] for f in fields(WorkflowSettings)
                                                  if f.name in config}, "config")
     experiments = config.get("experiments")

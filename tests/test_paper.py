@@ -22,11 +22,12 @@ def test_every_paper_has_a_config():
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
 def test_experiment_config_plans_in_every_variant(path):
-    """Full, short and smoke variants all plan; every published number names a cell the full
-    protocol runs (a typo in a label would leave it 'not run' forever)."""
+    """Full, short, smoke and cpu variants all plan; every published number names a cell the
+    full protocol runs (a typo in a label would leave it 'not run' forever); every config
+    carries claims, and each claim selects cells of the full protocol."""
     config = yaml.safe_load(path.read_text())
-    assert set(config["variants"]) == {"short", "smoke"}
-    cells = {name: plan({**config, "variant": name}).cells for name in (None, "short", "smoke")}
+    assert set(config["variants"]) == {"short", "smoke", "cpu"}
+    cells = {name: plan({**config, "variant": name}).cells for name in (None, "short", "smoke", "cpu")}
     assert all(cells.values())
     assert len(cells["smoke"]) <= 6  # CI runs each smoke variant end to end
     full = pd.DataFrame([{"experiment": c.experiment, "dataset": c.dataset, "model": c.model,
@@ -35,6 +36,14 @@ def test_experiment_config_plans_in_every_variant(path):
         keys = [k for k in ("experiment", "dataset", "model", "objective", "K", "estimator") if k in row]
         hit = (full[keys] == pd.Series({k: row[k] for k in keys})).all(axis=1)
         assert hit.any(), f"{path.name}: published row matches no cell: {row}"
+    assert config["claims"]
+    for claim in config["claims"]:
+        selectors = [claim.get("where") or {}] + [{**(claim.get("where") or {}), **s}
+                                                  for s in [claim.get("a"), claim.get("b"), *claim.get("cells", [])] if s]
+        for selector in selectors:
+            keys = [k for k in selector if k in full]
+            hit = (full[keys].astype(str) == pd.Series({k: str(selector[k]) for k in keys})).all(axis=1)
+            assert hit.any(), f"{path.name}: claim {claim['name']} selects no cell: {selector}"
 
 
 def test_variants_merge_and_delete():

@@ -171,13 +171,18 @@ def test_tiny_run_tables(tiny_run):
                         "var_mean", "relative_bias"},
         "skipped.csv": {"experiment", "dataset", "model", "objective", "K", "estimator", "seed", "reason"},
         "bound_curve.csv": {"cell", "k", "mean", "se"},
+        "claims.csv": {"name", "check", "metric", "value", "uncertainty", "tolerance", "result", "schedule"},
     }
     for name, columns in expected.items():
         df = pd.read_csv(tables / name)
         assert columns <= set(df.columns), f"{name} lacks {sorted(columns - set(df.columns))}"
     assert len(pd.read_csv(tables / "skipped.csv")) == len(skipped)
-    for name in ("summary.md", "summary.tex", "ordering.md", "sandwich.md", "gradvar.md", "skipped.md"):
+    for name in ("summary.md", "summary.tex", "ordering.md", "sandwich.md", "gradvar.md", "skipped.md", "claims.md",
+                 "claims.html"):
         assert (tables / name).stat().st_size > 0, name
+    claims = pd.read_csv(tables / "claims.csv")
+    assert list(claims.name) == [c["name"] for c in load(TINY_CONFIG)["claims"]]
+    assert (claims.result != "not run").all(), claims[["name", "result", "detail"]]
 
 
 @pytest.mark.slow
@@ -333,7 +338,9 @@ EXPERIMENT_CONFIGS = sorted((ROOT / "config" / "experiments").glob("*.yaml"))
 @pytest.mark.parametrize("config", EXPERIMENT_CONFIGS, ids=lambda p: p.stem)
 def test_experiment_config_smoke_variant_runs(tmp_path, config, monkeypatch):
     """Every paper config runs end to end through the pipeline in its tiny smoke variant on
-    real data (the verified copies), and produces the published-vs-reproduced table and figure."""
+    real data (the verified copies), and produces the published-vs-reproduced table and figure,
+    and the claims table: one row per claim, each pass, fail or not run (at 10 steps a claim
+    may fail; it must be evaluated, not crash)."""
     monkeypatch.setenv("LVMBENCH_DATA", str(SHARED_DATA))
     snakemake(workdir_with(tmp_path, config), "--cores", "2", "--config", "variant=smoke")
     results = tmp_path / load(config)["variants"]["smoke"]["results"]
@@ -342,5 +349,9 @@ def test_experiment_config_smoke_variant_runs(tmp_path, config, monkeypatch):
     assert (published.n_seeds > 0).any(), "no published number was reproduced by the smoke variant"
     assert all(png.stat().st_size > 0 for png in (results / "figures").glob("*/published/published_*.png"))
     assert list((results / "figures").glob("*/published/published_*.png"))
+    claims = pd.read_csv(results / "tables" / "claims.csv")
+    assert list(claims.name) == [c["name"] for c in load(config)["claims"]]
+    assert set(claims.result) <= {"pass", "fail", "not run"} and (claims.result != "not run").any()
+    assert (results / "tables" / "claims.html").stat().st_size > 0
     summary = pd.read_csv(results / "tables" / "summary.csv")
     assert (summary.status == "ok").all() and summary.ordering_passed.all()

@@ -47,6 +47,7 @@ import pandas as pd
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.io import atomic_write, replace_dir, save_csv
+from lvmbench.report.claims import claims_table
 from lvmbench.report.paper import describe_schedule, published_table
 from lvmbench.runs import RunDir
 
@@ -372,10 +373,12 @@ def _runs_page(summary: pd.DataFrame, ordering: pd.DataFrame) -> Page:
 
 
 def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | None = None,
-              published: list[dict] | None = None) -> dict[str, pd.DataFrame]:
+              published: list[dict] | None = None, claims: list[dict] | None = None) -> dict[str, pd.DataFrame]:
     """Write the results tables for ``runs`` into ``out``; returns the tables by name.
     ``published`` (an experiment config's list of paper numbers) adds ``published.csv``
-    and ``published.md``: each reproduced number beside the published one."""
+    and ``published.md``: each reproduced number beside the published one. ``claims`` (its
+    list of paper claims, :mod:`lvmbench.report.claims`) adds ``claims.csv`` and
+    ``claims.md``: each claim checked, with its statistic, uncertainty and schedule."""
     if not runs:
         raise LvmbenchError("no run directories given")
     out = Path(out)
@@ -447,6 +450,17 @@ def aggregate(runs: list[str | Path], out: str | Path, skipped: str | Path | Non
             ["Published vs reproduced", f"{int(hits.sum())} of {len(hits)} reproduced numbers lie within the "
              f"stated tolerance of the published ones ({len(pub) - len(hits)} not run). difference = "
              "reproduced mean - published.", _fmt(pub, ".5g")], "published"))
+    if claims:
+        tables["claims"] = cl = claims_table(claims, summary, tables["gradvar"])
+        counts = cl.result.value_counts()
+        files["claims.csv"] = cl
+        files.update(page_files(
+            ["Paper claims", f"{counts.get('pass', 0)} of {len(cl)} claims pass, {counts.get('fail', 0)} fail, "
+             f"{counts.get('not run', 0)} not run (their cells did not all run, or not ok). value ± uncertainty: "
+             "the claim's statistic and one standard error over seeds (lvmbench.report.claims); a claim holds at the "
+             "schedule it was run at, given in the last column.",
+             _fmt(cl.assign(value=_pm(cl.value, cl.uncertainty, 3)).drop(columns=["uncertainty"]), ".3g")],
+            "claims"))
     replace_dir(out, lambda directory: _write_all(files, directory))
     n_bad = int((summary.status != "ok").sum())
     print(f"[lvmbench aggregate] {len(summary)} runs, {len(grouped)} groups"

@@ -50,6 +50,7 @@ import numpy as np
 import pandas as pd
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.registry import did_you_mean
 from lvmbench.stats import FLOOR_MULTIPLE, snr_floor
 
 CHECKS = ("less", "greater", "decreasing", "increasing", "slope", "order", "at_most")
@@ -64,6 +65,8 @@ METRICS = {
     "snr:decoder": ("gradvar", "snr_mean", None), "snr:encoder": ("gradvar", "snr_mean", None),
     "variance:decoder": ("gradvar", "var_mean", None), "variance:encoder": ("gradvar", "var_mean", None),
 }
+#: the fields a claim selects, pairs and orders cells by
+FIELDS = ("experiment", "dataset", "model", "objective", "K", "estimator", "seed", "model_name", "objective_name")
 KEYS = ("name", "claim", "source", "check", "metric", "where", "a", "b", "cells", "pair", "along", "filter",
         "target", "tolerance", "note")
 REQUIRED = ("name", "claim", "source", "check", "metric", "tolerance")
@@ -110,6 +113,17 @@ def check_claims(claims: Any) -> None:
             raise LvmbenchError(f"{where}.cells: expected a list of at least two mappings of fields")
         if not isinstance(claim.get("pair", []), list):
             raise LvmbenchError(f"{where}.pair: expected a list of field names")
+        named = [(f"{where}.{key}", k) for key in ("where", "a", "b", "filter") for k in claim.get(key) or {}]
+        named += [(f"{where}.cells[{j}]", k) for j, c in enumerate(claim.get("cells") or []) for k in c]
+        named += [(f"{where}.pair", k) for k in claim.get("pair", [])]
+        named += [(f"{where}.along", claim["along"])] if "along" in claim else []
+        for at, name in named:
+            if name not in FIELDS:
+                raise LvmbenchError(f"{at}: unknown field {name!r}{did_you_mean(str(name), FIELDS)}; fields: "
+                                    f"{', '.join(FIELDS)}")
+        for key, bounds in (claim.get("filter") or {}).items():
+            if not isinstance(bounds, dict) or not bounds or set(bounds) - {"min", "max"}:
+                raise LvmbenchError(f"{where}.filter.{key}: expected a mapping with min and/or max")
 
 
 def _units(text: Any) -> float:
@@ -252,7 +266,7 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
     holds = all(d <= tol for _, d, _ in comparisons)  # signs are set so that every check reads d <= tol
     return {**out, "value": worst, "uncertainty": se, "n_cells": int(sum(c.cell.nunique() for c in cells)),
             "result": "pass" if holds else "fail", "schedule": _schedule(summary, cells),
-            "detail": f"worst: {label}; {len(comparisons)} comparison(s)"}
+            "detail": (f"worst: {label}; " if label else "") + f"{len(comparisons)} comparison(s)"}
 
 
 def _tuple(key: Any) -> tuple:

@@ -96,10 +96,12 @@ wildcard_constraints:
 
 def plan_config(wildcards):
     """The config as JSON text for lvmbench plan, without the keys that only say where jobs
-    run and write (so that changing them reruns nothing) and without the published numbers,
-    which the plan does not need: PLAN checked them above against the config as given, whose
-    experiments a variant may drop (their numbers then read "not run")."""
-    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS | {"published"}}, sort_keys=True)
+    run and write (so that changing them reruns nothing) and without the published numbers
+    and the claims, which the plan does not need: PLAN checked them above against the config
+    as given, whose experiments a variant may drop (their numbers and claims then read "not
+    run")."""
+    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS | {"published", "claims"}},
+                      sort_keys=True)
 
 
 def _settings_json(settings):
@@ -150,6 +152,11 @@ def run_dirs(wildcards=None):
 def published_json(wildcards):
     """The config's published numbers as JSON text ([] when it has none)."""
     return json.dumps(config.get("published", []))
+
+
+def claims_json(wildcards):
+    """The config's paper claims as JSON text ([] when it has none)."""
+    return json.dumps(config.get("claims", []))
 
 
 def run_files(name, cells=CELLS):

@@ -42,6 +42,20 @@ rule aggregate:
             if config.get("published")
             else []
         ),
+        *(
+            [
+                f"{TABLES}/claims.csv",
+                f"{TABLES}/claims.md",
+                report(
+                    f"{TABLES}/claims.html",
+                    caption="../report/claims.rst",
+                    category="Tables",
+                    labels={"table": "paper claims"},
+                ),
+            ]
+            if config.get("claims")
+            else []
+        ),
         summary=f"{TABLES}/summary.csv",
         summary_md=f"{TABLES}/summary.md",
         summary_html=report(
@@ -101,9 +115,10 @@ rule aggregate:
         runs=run_dirs,
         tables=output_dir,
         published=published_json,
+        claims=claims_json,
     shell:
         "lvmbench aggregate {params.runs:q} --out {params.tables:q} --skipped {input.skipped:q} "
-        "--published {params.published:q} > {log:q} 2>&1"
+        "--published {params.published:q} --claims {params.claims:q} > {log:q} 2>&1"
 
 
 rule plot:
