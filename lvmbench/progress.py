@@ -7,6 +7,7 @@ carriage returns. So with no terminal, :class:`Progress` writes a plain line eve
     [lvmbench] train mnist/.../seed0: step 1200/5000 (24%), bound -98.31, 41.3 step/s, ETA 0:01:32
 
 On a terminal it is a tqdm bar; with ``enabled=False`` (``--quiet``) it says nothing.
+:func:`track` wraps a loop in one (the measurements' batches, draws and steps).
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import datetime
 import os
 import sys
 import time
-from typing import TextIO
+from typing import Iterable, Iterator, TextIO, TypeVar
 
 from tqdm.auto import tqdm
 
@@ -72,3 +73,17 @@ class Progress:
             self.bar.close()
         elif self.enabled:
             self.line()
+
+
+T = TypeVar("T")
+
+
+def track(items: Iterable[T], total: int, desc: str, unit: str = "step", enabled: bool = True) -> Iterator[T]:
+    """``items`` one by one, with a :class:`Progress` of ``total`` units advanced by each."""
+    progress = Progress(total, desc, unit=unit, enabled=enabled)
+    try:
+        for item in items:
+            yield item
+            progress.update()
+    finally:
+        progress.close()

@@ -30,3 +30,26 @@ def test_evaluation_runs_in_full_fp32_and_restores_the_flags(monkeypatch):
         assert (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32) == (True, True)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
+
+
+def test_bound_ordering_checks_ais_against_upper_values_only():
+    """AIS and L_K_eval are both stochastic lower bounds: an AIS below L_K_eval (a short AIS)
+    is no violation, an AIS above exact log p(x) or above the BDMC upper bound is. Values per
+    point: L_1 = -3, L_10 = -2, exact = -1 (+-0.1 noise so the paired SEs are finite)."""
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    noise = lambda: 0.1 * rng.standard_normal(200)  # noqa: E731
+    est = evaluation.PointEstimates([1, 10], np.stack([-3 + noise(), -2 + noise()], 1), np.ones(200), -1 + noise())
+    short_ais = -2.5 + noise()
+    order = evaluation.bound_ordering(est, ais=short_ais)
+    assert order.passed.all() and ("AIS", "exact log p(x)") in set(zip(order.lower, order.upper))
+    assert ("L_10", "AIS") not in set(zip(order.lower, order.upper))
+    assert set(order.reference) == {"exact"}
+    too_high = evaluation.bound_ordering(est, ais=0.0 + noise())
+    assert not too_high.set_index(["lower", "upper"]).loc[("AIS", "exact log p(x)"), "passed"]
+    without = evaluation.PointEstimates([1, 10], est.bounds, est.ess, None)
+    above_upper = evaluation.bound_ordering(without, ais=0.0 + noise(), upper=-1 + noise())
+    assert set(above_upper.reference) == {"bdmc_upper"}
+    assert not above_upper.set_index(["lower", "upper"]).loc[("AIS", "BDMC upper"), "passed"]
+    assert set(evaluation.bound_ordering(without).reference) == {"largest_k"}

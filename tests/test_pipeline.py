@@ -194,7 +194,7 @@ def test_tiny_run_bound_ordering_passes(tiny_run):
     for cell in planned.cells:  # the reference each run's checks used
         row, ais = ordering.loc[cell.id], planned.measurements[cell.id].ais
         exact = cell.model_name in ("gmm", "linear_gaussian")
-        assert row.reference == ("exact" if exact else "ais" if ais else "largest_k"), cell.id
+        assert row.reference == ("exact" if exact else "largest_k"), cell.id
         assert (row.simulated_reference == "bdmc_upper") if ais else pd.isna(row.simulated_reference), cell.id
 
 

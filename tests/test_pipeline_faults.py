@@ -89,7 +89,8 @@ def test_no_nan_reaches_a_table_and_the_row_says_diverged(diverged):
     for name in ("bound_curve", "ordering", "ordering_checks"):
         table = pd.read_csv(tables / f"{name}.csv")
         assert not table.cell.str.startswith("diverge/").any(), name
-        assert table.select_dtypes("number").notna().all().all(), name
+        computed = table.drop(columns=["simulated_reference"], errors="ignore")  # empty where no BDMC ran
+        assert computed.select_dtypes("number").notna().all().all(), name
 
 
 def test_a_trainer_whose_snakemake_died_stops(tmp_path):

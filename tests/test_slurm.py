@@ -42,7 +42,7 @@ DAEMONS = ["/usr/sbin/munged", "/usr/sbin/slurmctld", "/usr/sbin/slurmd", "/usr/
 SUBMITTED = {"train", "evaluate", "gradvar", "amortize"}  # the other rules are localrules
 ETC_CONF = Path("/etc/slurm/slurm.conf")
 GPUS = 4  # fake ones (plain files); each job asks for one, so at most 4 jobs at once
-TIMEOUT = 480  # seconds for the whole DAG; about 2 minutes on 2 cores
+TIMEOUT = 900  # seconds for the whole DAG; about 4 minutes on 2 idle cores, twice that under load
 
 
 def _run(*cmd: str, **kw) -> subprocess.CompletedProcess:

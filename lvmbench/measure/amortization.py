@@ -58,13 +58,13 @@ import pandas as pd
 import torch
 from torch import Tensor
 from torch.distributions import Distribution, Independent, MultivariateNormal, Normal, constraints, transform_to
-from tqdm.auto import tqdm
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.io import save_csv
 from lvmbench.models.base import LatentVariableModel, gaussian_family, log_weights
 from lvmbench.objectives import Objective, grouped_iwae
 from lvmbench.grid import amortization_objective, amortization_sizes
+from lvmbench.progress import track
 from lvmbench.rng import forked_rng, stream, stream_seed
 from lvmbench.runs import RunDir, holds_run, load_trained
 from lvmbench.settings import AmortizeSettings
@@ -284,7 +284,7 @@ def per_datapoint_inference(model: LatentVariableModel, x: Tensor, objective: Ob
 
         opt = torch.optim.Adam(free.params(), lr=lr)
         with forked_rng(x.device, stream_seed(seed, "amortization")):
-            for step in tqdm(range(1, steps + 1), desc="per-datapoint", disable=not progress, unit="step"):
+            for step in track(range(1, steps + 1), steps, "per-datapoint inference", "step", progress):
                 lw = log_weights(model, x, K, proposal=free.distribution())
                 f = objective.encoder(lw.log_w)  # (N,)
                 grads = torch.autograd.grad(f.sum(), free.params())  # the model's parameters get none

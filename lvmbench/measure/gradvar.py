@@ -53,7 +53,6 @@ import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.estimators import bias_reason, gradients, make_estimator
@@ -62,6 +61,7 @@ from lvmbench.grid import valid_estimators, why_invalid_for
 from lvmbench.io import save_csv
 from lvmbench.models.base import LatentVariableModel, fast_distributions
 from lvmbench.objectives import Objective, make_objective
+from lvmbench.progress import track
 from lvmbench.rng import forked_rng, stream, stream_seed
 from lvmbench.runs import RunDir, Trained, holds_run, load_trained
 from lvmbench.settings import GradvarSettings
@@ -163,7 +163,7 @@ def gradient_variance(model: LatentVariableModel, objective: Objective, model_na
             estimator.to(x.device).eval()
             accs = [Welford(sum(p.numel() for p in ps), x.device) for ps in (theta, phi)]
             torch.manual_seed(stream_seed(seed, "gradients", *index))
-            for _ in tqdm(range(draws // reps), desc=f"gradvar {name}", disable=not progress, leave=False):
+            for _ in track(range(draws // reps), draws // reps, f"gradvar {name}", "batch of draws", progress):
                 with fast_distributions():
                     parts = estimator(model, objective, xr, K)
                 for acc, g in zip(accs, map(_flat, gradients(parts, theta, phi))):

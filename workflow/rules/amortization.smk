@@ -18,4 +18,4 @@ rule amortize:
         run=run_dir,
         settings=amortize_settings,
     shell:
-        "lvmbench amortize {params.run:q} --settings {params.settings:q} --out {output:q} --quiet > {log:q} 2>&1"
+        "lvmbench amortize {params.run:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"

@@ -63,7 +63,7 @@ rule evaluate:
         ais=ais_settings,
     shell:
         "lvmbench evaluate {params.run:q} --settings {params.settings:q} --ais {params.ais:q} --out {output:q} "
-        "--quiet > {log:q} 2>&1"
+        "> {log:q} 2>&1"
 
 
 rule gradvar:
@@ -86,4 +86,4 @@ rule gradvar:
         run=run_dir,
         settings=gradvar_settings,
     shell:
-        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} --quiet > {log:q} 2>&1"
+        "lvmbench gradvar {params.run:q} --settings {params.settings:q} --out {output:q} > {log:q} 2>&1"
