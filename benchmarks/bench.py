@@ -70,7 +70,7 @@ from lvmbench.train import Ensemble, Minibatches, flushed_denormals, total_steps
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("train", "bundle", "eval", "projection")  # the default; burda_short needs MNIST and is asked for
 #: the small cells of the default config whose bundles are measured
-SMALL_CELLS = ("snr/gaussian_toy/linear_gaussian/iwae/K10/reparam/seed0",
+SMALL_CELLS = ("snr/gaussian_toy/linear_gaussian/iwae/K16/reparam/seed0",
                "mixture/gmm2d/gmm/iwae/K10/score/seed0",
                "mnist/mnist5k/vae1/elbo/K1/reparam/seed0")
 #: Burda et al.'s MNIST split (lvmbench's ``mnist`` dataset): training images, test images
