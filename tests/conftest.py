@@ -178,3 +178,30 @@ def lab(float64, one_thread) -> SimpleNamespace:
     ``lab.flat(...)``, ``lab.names(model)``."""
     return SimpleNamespace(lg=linear_gaussian_setup, gmm=gmm_setup, sbn=sbn_setup, catvae=catvae_setup,
                            stats=mc_gradient_stats, z_scores=z_scores, flat=flat, names=component_names)
+
+
+class StepCounter:
+    """The trainer's ``train_step``, counted, and interrupted (KeyboardInterrupt, as a kill
+    would) at a given call: ``run(interrupt_at=N)`` starts counting afresh."""
+
+    def __init__(self, monkeypatch):
+        import lvmbench.train as train_module
+
+        self.real, self.calls = train_module.train_step, []
+        self._install = lambda step: monkeypatch.setattr(train_module, "train_step", step)
+
+    def run(self, interrupt_at: int | None = None) -> None:
+        self.calls.clear()
+
+        def counted(*args):
+            self.calls.append(1)
+            if len(self.calls) == interrupt_at:
+                raise KeyboardInterrupt
+            return self.real(*args)
+
+        self._install(counted)
+
+
+@pytest.fixture
+def train_steps(monkeypatch) -> StepCounter:
+    return StepCounter(monkeypatch)

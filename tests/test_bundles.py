@@ -142,28 +142,19 @@ def test_a_member_that_diverges_is_stopped_and_the_others_go_on(tmp_path, monkey
         assert_same_member(checkpoint(tmp_path / "bundle", c), checkpoint(tmp_path / "alone", c))
 
 
-def test_members_resume_from_their_own_checkpoints_in_any_bundle(tmp_path, monkeypatch):
+def test_members_resume_from_their_own_checkpoints_in_any_bundle(tmp_path, train_steps):
     """A bundle interrupted after its step-5 checkpoint resumes exactly: as the same bundle,
     and member by member in other bundles (each resumes from its own checkpoint), all
     bitwise equal to an uninterrupted run; members at different steps train in groups."""
     cells = [cell("vae-dreg", s) for s in (0, 1)]
     whole = tmp_path / "whole"
     train_bundle(cells, [run_dir(whole, c) for c in cells], progress=False, device="cpu")
-    real, calls = train_module.train_step, []
-
-    def counted(*args, interrupt_at=None):
-        calls.append(1)
-        if len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return real(*args)
-
+    calls = train_steps.calls
     for root, regroup in ((tmp_path / "same", False), (tmp_path / "regrouped", True)):
-        calls.clear()
-        monkeypatch.setattr(train_module, "train_step", lambda *a: counted(*a, interrupt_at=8))
+        train_steps.run(interrupt_at=8)
         with pytest.raises(KeyboardInterrupt):
             train_bundle(cells, [run_dir(root, c) for c in cells], progress=False, device="cpu")
-        calls.clear()
-        monkeypatch.setattr(train_module, "train_step", lambda *a: counted(*a))
+        train_steps.run()
         if regroup:
             train(cells[1], run_dir(root, cells[1]), progress=False, device="cpu")
             assert len(calls) == 7  # from the step-5 checkpoint

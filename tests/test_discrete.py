@@ -183,7 +183,7 @@ def test_list_shows_new_entries(capsys):
     ("catvae", {"variables": 4, "classes": 3, "hidden": [32]}, "gumbel", {"anneal_rate": 0.01}, 2),
     ("vqvae", {"positions": 4, "codebook": 8, "hidden": [32]}, "straight_through", {}, 1),
 ])
-def test_discrete_cells_train_and_resume(tmp_path, one_thread, monkeypatch, model, options, estimator,
+def test_discrete_cells_train_and_resume(tmp_path, one_thread, train_steps, model, options, estimator,
                                         est_options, K):
     """Each discrete model trains through the real runner with its estimator's state
     (baseline network, annealing step) checkpointed. A run interrupted after its step-3
@@ -202,19 +202,11 @@ def test_discrete_cells_train_and_resume(tmp_path, one_thread, monkeypatch, mode
     if estimator == "gumbel":
         assert int(whole["estimator"]["step"]) == 6
 
-    real, calls = train_module.train_step, []
-
-    def counted(*args, interrupt_at=None):
-        calls.append(1)
-        if len(calls) == interrupt_at:
-            raise KeyboardInterrupt
-        return real(*args)
-
-    monkeypatch.setattr(train_module, "train_step", lambda *a: counted(*a, interrupt_at=5))
+    calls = train_steps.calls
+    train_steps.run(interrupt_at=5)
     with pytest.raises(KeyboardInterrupt):
         train_module.train(cell, tmp_path / "resumed", progress=False)
-    calls.clear()
-    monkeypatch.setattr(train_module, "train_step", lambda *a: counted(*a))
+    train_steps.run()
     assert train_module.train(cell, tmp_path / "resumed", progress=False)["steps"] == 6
     assert len(calls) == 3  # resumed at the step-3 checkpoint, not retrained
     resumed = torch.load(tmp_path / "resumed" / "checkpoint.pt", weights_only=False)
