@@ -100,8 +100,9 @@ def plan_config(wildcards):
     and the claims, which the plan does not need: PLAN checked them above against the config
     as given, whose experiments a variant may drop (their numbers and claims then read "not
     run")."""
-    return json.dumps({k: v for k, v in config.items() if k not in WORKFLOW_KEYS | {"published", "claims"}},
-                      sort_keys=True)
+    return json.dumps(
+        {k: v for k, v in config.items() if k not in WORKFLOW_KEYS | {"published", "claims"}}, sort_keys=True
+    )
 
 
 def _settings_json(settings):
