@@ -75,9 +75,13 @@ class Noise:
         return mix(base.unsqueeze(-1) ^ index).reshape(*base.shape, *shape)
 
     def uniform(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
-        """Uniform numbers in the open interval (0, 1): the top 53 bits, centred in their cell."""
-        u = (_shr(self.bits(tuple(shape), torch.device(device)), 11).double() + 0.5) * 2.0 ** -53
-        return u.to(dtype)
+        """Uniform numbers in the open interval (0, 1): the top 53 bits, centred in their cell,
+        then rounded to ``dtype`` and kept inside (0, 1) there (float32 rounds every value
+        above 1 - 2^-25 to 1.0, where -log(-log u) is infinite: a Gumbel-softmax run diverged
+        on it)."""
+        u = ((_shr(self.bits(tuple(shape), torch.device(device)), 11).double() + 0.5) * 2.0 ** -53).to(dtype)
+        info = torch.finfo(dtype)
+        return u.clamp(info.tiny, 1.0 - info.eps / 2)
 
     def normal(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """Standard normal numbers by the inverse CDF, sqrt(2) erfinv(2u - 1), in float64."""

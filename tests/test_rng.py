@@ -13,6 +13,7 @@ import itertools
 import math
 
 import numpy as np
+import pytest
 import torch
 
 import lvmbench.measure.evaluation as evaluation
@@ -88,3 +89,19 @@ def test_gradient_draws_come_from_the_gradients_stream(monkeypatch):
                                      seed=5, progress=False) for _ in range(2)]
     assert set(seeds) == {stream_seed(5, "gradients")}
     assert run[0].snr_mean.equals(run[1].snr_mean)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_counter_noise_stays_inside_the_open_unit_interval(dtype):
+    """The extreme words a member's noise can draw (all bits 0, all bits 1) give uniforms
+    strictly inside (0, 1) in the dtype asked for, so Gumbel numbers stay finite: in float32,
+    1 - 2^-54 used to round to 1.0 (-log(-log 1) = inf), and a Gumbel-softmax run diverged."""
+    from lvmbench import noise
+
+    for word in (0, -1):
+        source = noise.Noise(noise.key_of(0), 0)
+        source.bits = lambda shape, device, w=word: torch.full(shape, w, dtype=torch.int64)
+        u = source.uniform((4,), dtype)
+        assert ((u > 0) & (u < 1)).all(), (word, u)
+        assert torch.isfinite(source.gumbel((4,), dtype)).all()
+        assert torch.isfinite(-torch.log(-torch.log(u))).all()
