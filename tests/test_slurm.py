@@ -129,7 +129,9 @@ JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 MpiDefault=none
 ReturnToService=2
-MinJobAge=300
+# finished jobs stay listed for an hour (default 300 s): the resources test reads them after
+# a run that takes longer than 5 minutes on a loaded machine
+MinJobAge=3600
 SelectType=select/cons_tres
 SelectTypeParameters=CR_CPU
 SlurmdParameters=config_overrides
