@@ -186,6 +186,8 @@ class WorkflowSettings(Settings):
     bundle: int = setting(16, minimum=1)  # most cells (equal but for the seed) one train job trains together
     compile: bool | str = setting("auto", choices=("auto", True, False))  # torch.compile the training step
     container: str | None = setting(None, min_length=1)  # image of every job with --sdm apptainer
+    train_runtime: str = setting("12h", pattern=r"^[0-9]+(\.[0-9]+)?(s|m|h|d)$")  # a train job's time limit, with units
+    train_mem_mb: int = setting(8000, minimum=1)  # a train job's memory (MB)
 
     def check(self, where: str) -> None:
         """The results directory is never the file system root (``results: /``, or a path

@@ -14,8 +14,8 @@
 # they share, which does not change when the bundles are regrouped. A rule is named by
 # its bundle's members (Bundle.key), never by its place in the list: a cluster job
 # re-plans the workflow when other bundles may have finished (finished cells stay
-# alone), and must still find its own rule. Train jobs take the executor's default
-# resources (profiles/slurm sets them).
+# alone), and must still find its own rule. So no set-resources can name them: their time
+# and memory come from the config keys train_runtime and train_mem_mb.
 for _bundle in BUNDLES:
 
     rule:
@@ -34,6 +34,8 @@ for _bundle in BUNDLES:
         threads: THREADS
         resources:
             gpu=GPUS,
+            runtime=PLAN.workflow.train_runtime,
+            mem_mb=PLAN.workflow.train_mem_mb,
         params:
             spec=json.dumps(_bundle.spec, sort_keys=True),
         shell:
