@@ -76,16 +76,17 @@ class Noise:
 
     def uniform(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """Uniform numbers in the open interval (0, 1): the top 53 bits, centred in their cell,
-        then rounded to ``dtype`` and kept inside (0, 1) there (float32 rounds every value
-        above 1 - 2^-25 to 1.0, where -log(-log u) is infinite: a Gumbel-softmax run diverged
-        on it)."""
+        then rounded to ``dtype`` and kept inside (0, 1) there. Rounding alone reaches 1.0
+        (the top cell's centre, 1 - 2^-54, rounds to 1.0 even in float64, and float32 rounds
+        everything above 1 - 2^-25 there), where -log(-log u) and erfinv(2u - 1) are
+        infinite: a Gumbel-softmax run diverged on it."""
         u = ((_shr(self.bits(tuple(shape), torch.device(device)), 11).double() + 0.5) * 2.0 ** -53).to(dtype)
         info = torch.finfo(dtype)
         return u.clamp(info.tiny, 1.0 - info.eps / 2)
 
     def normal(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """Standard normal numbers by the inverse CDF, sqrt(2) erfinv(2u - 1), in float64."""
-        u = (_shr(self.bits(tuple(shape), torch.device(device)), 11).double() + 0.5) * 2.0 ** -53
+        u = self.uniform(shape, torch.float64, device)
         return (math.sqrt(2.0) * torch.erfinv(2.0 * u - 1.0)).to(dtype)
 
     def gumbel(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:

@@ -41,7 +41,7 @@ def gradvar_rows(slope=0.5):
                              "objective": "iwae", "trained_objective": "iwae", "K": K, "estimator": "reparam",
                              "trained_estimator": "reparam", "seed": 0, "group": group, "step": step,
                              "skipped": None, "snr_mean": snr if step else 1.0, "var_mean": 1 / K,
-                             "draws": 1000})
+                             "draws": 1000, "final_step": step == 10})
     return pd.DataFrame(rows)
 
 

@@ -104,4 +104,5 @@ def test_counter_noise_stays_inside_the_open_unit_interval(dtype):
         u = source.uniform((4,), dtype)
         assert ((u > 0) & (u < 1)).all(), (word, u)
         assert torch.isfinite(source.gumbel((4,), dtype)).all()
+        assert torch.isfinite(source.normal((4,), dtype)).all()
         assert torch.isfinite(-torch.log(-torch.log(u))).all()

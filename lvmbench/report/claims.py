@@ -134,8 +134,9 @@ def _units(text: Any) -> float:
 
 
 def metric_table(metric: str, summary: pd.DataFrame, gradvar: pd.DataFrame) -> pd.DataFrame:
-    """One row per run (and measured estimator, for gradient metrics) with the selectable
-    fields, ``value`` and ``se``; only runs whose status is ok."""
+    """One row per run (and measured estimator, for gradient metrics, at the run's final
+    snapshot: ``final_step`` of :func:`lvmbench.report.aggregate.collect`) with the
+    selectable fields, ``value`` and ``se``; only runs whose status is ok."""
     table, column, se = METRICS[metric]
     if table == "summary":
         df = summary[summary.status == "ok"].copy()
@@ -145,16 +146,18 @@ def metric_table(metric: str, summary: pd.DataFrame, gradvar: pd.DataFrame) -> p
     if gradvar.empty or "skipped" not in gradvar:
         return pd.DataFrame(columns=["value", "se"])
     group = metric.split(":")[1]
-    final = gradvar.step == gradvar.groupby("cell").step.transform("max")
     ok = set(summary.cell[summary.status == "ok"])
-    df = gradvar[final & gradvar.skipped.isna() & (gradvar.group == group) & gradvar.cell.isin(ok)].copy()
+    df = gradvar[gradvar.final_step.astype(bool) & gradvar.skipped.isna() & (gradvar.group == group)
+                 & gradvar.cell.isin(ok)].copy()
     df = df.drop(columns=["objective"]).rename(columns={"trained_objective": "objective"})
     df["value"], df["se"] = df[column].astype(float), 0.0
     df["floor"] = snr_floor(df.draws.to_numpy(float)) if metric.startswith("snr:") else 0.0
     return df
 
 
-def _select(df: pd.DataFrame, *selectors: dict, filters: dict | None = None) -> pd.DataFrame:
+def select(df: pd.DataFrame, *selectors: dict, filters: dict | None = None) -> pd.DataFrame:
+    """The rows whose fields equal every selector's values (compared as text, so K: 5 and
+    K: "5" agree) and lie within ``filters``' numeric bounds; none when a field is missing."""
     mask = np.ones(len(df), dtype=bool)
     for selector in selectors:
         for key, value in (selector or {}).items():
@@ -197,7 +200,7 @@ def _groups(df: pd.DataFrame, pair: list[str]):
 def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) -> dict:
     """The claim's row of claims.csv."""
     check, tol = claim["check"], float(claim["tolerance"])
-    df = _select(metric_table(claim["metric"], summary, gradvar), claim.get("where"), filters=claim.get("filter"))
+    df = select(metric_table(claim["metric"], summary, gradvar), claim.get("where"), filters=claim.get("filter"))
     pair = list(claim.get("pair", []))
     out = {k: claim.get(k) for k in ("name", "claim", "source", "check", "metric")}
     out.update(tolerance=tol, value=math.nan, uncertainty=math.nan, result="not run", n_cells=0, detail="")
@@ -205,7 +208,7 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
     comparisons: list[tuple[str, float, float]] = []  # (label, difference, se): each must be < tol
     if check in ("less", "greater"):
         sign = 1.0 if check == "less" else -1.0
-        a, b = _select(df, claim["a"]), _select(df, claim["b"])
+        a, b = select(df, claim["a"]), select(df, claim["b"])
         cells = [a, b]
         for key, ga in _groups(a, pair) if not (a.empty or b.empty) else ():
             gb = b if not pair else b[(b[pair].astype(str) == [str(v) for v in _tuple(key)]).all(axis=1)]
@@ -216,7 +219,7 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
         statistic = "mean_a - mean_b" + (" (worst group)" if pair else "")
     elif check in ("decreasing", "increasing"):
         sign = 1.0 if check == "decreasing" else -1.0
-        a = _select(df, claim["a"])
+        a = select(df, claim["a"])
         cells = [a]
         along = claim["along"]
         for key, ga in _groups(a, pair):
@@ -226,7 +229,7 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
                 comparisons.append((f"{_label(pair, key)} {along} {lo}->{hi}".strip(), sign * d, se))
         statistic = f"change over consecutive {along} (worst)"
     elif check == "order":
-        selected = [_select(df, sel) for sel in claim["cells"]]
+        selected = [select(df, sel) for sel in claim["cells"]]
         cells = selected
         ranked = list(zip(claim["cells"], selected))
         for (s1, a), (s2, b) in zip(ranked[:-1], ranked[1:]):
@@ -236,7 +239,7 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
             comparisons.append((f"{_fields(s1)} before {_fields(s2)}", d, se))
         statistic = "mean(better) - mean(worse) (worst consecutive pair)"
     elif check == "slope":
-        a = _select(df, claim["a"])
+        a = select(df, claim["a"])
         cells = [a]
         by = a.groupby(claim["along"])[["value", "floor"]].mean() if not a.empty else \
             pd.DataFrame(columns=["value", "floor"], dtype=float)
@@ -253,7 +256,7 @@ def evaluate_claim(claim: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) ->
                 "result": "pass" if abs(slope - target) <= tol else "fail", "schedule": _schedule(summary, [a]),
                 "detail": f"target {target:+g}; {claim['along']} in {', '.join(f'{v:g}' for v in means.index)}"}
     else:  # at_most
-        a = _select(df, claim["a"])
+        a = select(df, claim["a"])
         cells = [a]
         if not a.empty:
             groups = [(_label(pair, key), *_mean_se(g)[:2]) for key, g in _groups(a, pair)]

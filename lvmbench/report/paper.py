@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
 import pandas as pd
 
 from lvmbench.errors import LvmbenchError
+from lvmbench.report.claims import select
 from lvmbench.stats import snr_floor, snr_slope
 
 METRICS = ("nll", "log_px", "snr_slope")
@@ -70,11 +70,8 @@ def describe_schedule(train: dict) -> str:
 
 
 def _select(df: pd.DataFrame, row: dict, keys: tuple[str, ...]) -> pd.DataFrame:
-    mask = np.ones(len(df), dtype=bool)
-    for k in keys:
-        if k in row:
-            mask &= (df[k] == row[k]).to_numpy()
-    return df[mask]
+    """The rows of ``df`` whose ``keys`` equal the published row's (those it names)."""
+    return select(df, {k: row[k] for k in keys if k in row})
 
 
 def _per_seed(row: dict, summary: pd.DataFrame, gradvar: pd.DataFrame) -> tuple[pd.Series, list[str]]:
