@@ -18,6 +18,7 @@ global generator when no source is active (evaluation and the other measurements
 
 from __future__ import annotations
 
+import functools
 import math
 from contextlib import contextmanager
 from typing import Iterator
@@ -57,6 +58,20 @@ def key_of(seed: int) -> Tensor:
     return mix(torch.tensor(seed, dtype=torch.int64))
 
 
+def _hash_range(n: int, device: torch.device) -> Tensor:
+    """mix(i + golden) for i < n: the index part of every draw of n numbers."""
+    return mix(torch.arange(n, dtype=torch.int64, device=device) + _GOLDEN)
+
+
+_hash_range_kept = functools.lru_cache(maxsize=32)(_hash_range)
+
+
+def _index_hash(n: int, device: torch.device) -> Tensor:
+    """:func:`_hash_range`, kept between steps (a third of a draw's hashing), except while
+    torch.compile traces, which fuses it into the draw."""
+    return _hash_range(n, device) if torch.compiler.is_compiling() else _hash_range_kept(n, device)
+
+
 class Noise:
     """The random numbers of one member at one step: ``key`` (an int64 tensor, one per member;
     under ``vmap`` each member sees its own) and ``counter`` (the step). Successive draws
@@ -71,8 +86,7 @@ class Noise:
         n = math.prod(shape)
         base = mix(mix(self.key.to(device) ^ (torch.as_tensor(self.counter, device=device) * _STEP))
                    + _signed(self.draws * _DRAW % _M64))
-        index = mix(torch.arange(n, dtype=torch.int64, device=device) + _GOLDEN)
-        return mix(base.unsqueeze(-1) ^ index).reshape(*base.shape, *shape)
+        return mix(base.unsqueeze(-1) ^ _index_hash(n, device)).reshape(*base.shape, *shape)
 
     def uniform(self, shape, dtype: torch.dtype = torch.float32, device: torch.device | str = "cpu") -> Tensor:
         """Uniform numbers in the open interval (0, 1): the top 53 bits, centred in their cell,

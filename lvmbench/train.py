@@ -192,24 +192,25 @@ def train_step(ensemble: Ensemble, x: Tensor, step: int, lr: float) -> Tensor:
     with fast_distributions():
         decoder, encoder, bound, baseline = ens._forward(ens.params, ens.buffers, x, ens.keys, t)
     p = {g: [ens.params[n] for n in names] for g, names in ens.groups.items()}
+    # the gradients of the negated surrogates: Adam descends them, so the members ascend the bound
     if ens.template.shared:  # decoder and encoder ascend one surrogate: one backward pass
-        g_theta_phi = torch.autograd.grad(decoder.sum(), p["theta"] + p["phi"], allow_unused=True,
-                                          retain_graph=bool(p["psi"]))
-        grads = list(g_theta_phi)
+        grads = list(torch.autograd.grad(-decoder.sum(), p["theta"] + p["phi"], allow_unused=True,
+                                         retain_graph=bool(p["psi"])))
     else:
-        grads = [*torch.autograd.grad(decoder.sum(), p["theta"], allow_unused=True, retain_graph=True),
-                 *torch.autograd.grad(encoder.sum(), p["phi"], allow_unused=True, retain_graph=bool(p["psi"]))]
+        grads = [*torch.autograd.grad(-decoder.sum(), p["theta"], allow_unused=True, retain_graph=True),
+                 *torch.autograd.grad(-encoder.sum(), p["phi"], allow_unused=True, retain_graph=bool(p["psi"]))]
     if p["psi"]:
-        grads += torch.autograd.grad(baseline.sum(), p["psi"], allow_unused=True)
+        grads += torch.autograd.grad(-baseline.sum(), p["psi"], allow_unused=True)
     params = p["theta"] + p["phi"] + p["psi"]
     grads = [torch.zeros_like(q) if g is None else g for q, g in zip(params, grads)]
-    finite = torch.isfinite(bound).all(-1)
-    for g in grads:
-        finite = finite & torch.isfinite(g).reshape(ens.E, -1).all(1)
+    # one pass per gradient: a NaN or Inf entry makes its member's sum non-finite (so do
+    # entries so large that the sum overflows, 1e33 and up: a divergence too)
+    sums = torch.stack([bound.sum(-1), *(g.reshape(ens.E, -1).sum(1) for g in grads)])  # (1 + n_params, E)
+    finite = torch.isfinite(sums).all(0)
     ens.diverged_at = torch.where(ens.alive & ~finite, t + 1, ens.diverged_at)  # the failing step, counted from 1
     ens.alive = ens.alive & finite
     for q, g in zip(params, grads):
-        q.grad = torch.where(ens._view(ens.alive, g), -g, 0.0)  # ascend the bound; frozen members get 0
+        q.grad = torch.where(ens._view(ens.alive, g), g, 0.0)  # frozen members get 0
         state = ens.optimizer.state.get(q)
         if state:
             state["exp_avg"].mul_(ens._view(ens.alive, q))
