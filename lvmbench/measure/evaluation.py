@@ -47,6 +47,11 @@ from lvmbench.settings import AISSettings, EvalSettings
 from lvmbench.stats import log_mean_exp, mean_se
 
 
+#: samples x test points per pass of the model on a CPU (:func:`sample_passes`); measured on
+#: Burda's VAE at L_5000 (docs/performance.md): 1.4x the points/s of one pass per chunk
+CPU_PASS_ROWS = 2048
+
+
 def chunk_size(K_eval: int, k_grid: list[int], max_chunk: int) -> int:
     """Largest divisor c of K_eval with c <= max_chunk such that every k in the grid
     divides c or is a multiple of c (so each group lies in one chunk or spans whole chunks)."""
@@ -113,14 +118,26 @@ def full_fp32() -> Iterator[None]:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = old
 
 
+def sample_passes(c: int, B: int, device: torch.device) -> list[int]:
+    """How a chunk of c samples for B points is drawn: in one pass on a GPU; on a CPU in
+    passes of at most :data:`CPU_PASS_ROWS` samples x points, so that each pass's
+    activations stay in cache between the layers (a VAE's 784 logits of 2048 rows are 6 MB)."""
+    if device.type != "cpu":
+        return [c]
+    s = max(1, CPU_PASS_ROWS // B)
+    return [s] * (c // s) + ([c % s] if c % s else [])
+
+
 def _batch_bounds(model: LatentVariableModel, xb: Tensor, K_eval: int, k_grid: list[int],
                   c: int) -> tuple[Tensor, Tensor]:
     """L_k estimates (B, len(k_grid)) and ESS (B,) for one batch, in chunks of c samples."""
     acc = [StreamingGroupedLME(k, xb.shape[0], xb.device) for k in k_grid]
     lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)
     lse2 = lse.clone()
+    q = model.encoder(xb)  # the proposal, computed once per batch
+    passes = sample_passes(c, xb.shape[0], xb.device)
     for _ in range(K_eval // c):
-        log_w = log_weights(model, xb, c, rsample=False).log_w  # (c, B)
+        log_w = torch.cat([log_weights(model, xb, s, q, rsample=False).log_w for s in passes])  # (c, B)
         for a in acc:
             a.update(log_w)
         lse = torch.logaddexp(lse, log_w.double().logsumexp(0))
