@@ -7,7 +7,9 @@ with K_eval, with max-subtracted log-sum-exp throughout.
 
 From the same K_eval samples, L_k for every k dividing K_eval is estimated without
 bias by averaging log-mean-exp over the K_eval / k disjoint groups of k samples; this
-uses every sample, unlike the first k alone.
+uses every sample, unlike the first k alone. A cell is evaluated with the proposal it was
+trained with (:func:`trained_proposal`): the encoder, or the prior for the lecture's naive
+Monte Carlo (``prior_mc``), so that its ESS is that of its estimator.
 
 Where the config's ``ais`` block selects the cell, annealed importance sampling
 (:mod:`lvmbench.measure.ais`) estimates log p(x) on the first test points too, and with
@@ -39,11 +41,12 @@ from torch import Tensor
 
 from lvmbench.errors import LvmbenchError
 from lvmbench.measure.ais import ais_log_px
-from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights
+from lvmbench.models.base import LatentVariableModel, fast_distributions, log_weights, proposal_distribution
+from lvmbench.objectives import make_objective
 from lvmbench.progress import track
 from lvmbench.rng import forked_rng, stream, stream_seed
 from lvmbench.runs import RunDir, holds_run, load_trained
-from lvmbench.settings import AISSettings, EvalSettings
+from lvmbench.settings import AISSettings, Cell, EvalSettings
 from lvmbench.stats import log_mean_exp, mean_se
 
 
@@ -129,12 +132,12 @@ def sample_passes(c: int, B: int, device: torch.device) -> list[int]:
 
 
 def _batch_bounds(model: LatentVariableModel, xb: Tensor, K_eval: int, k_grid: list[int],
-                  c: int) -> tuple[Tensor, Tensor]:
+                  c: int, proposal: str) -> tuple[Tensor, Tensor]:
     """L_k estimates (B, len(k_grid)) and ESS (B,) for one batch, in chunks of c samples."""
     acc = [StreamingGroupedLME(k, xb.shape[0], xb.device) for k in k_grid]
     lse = torch.full((xb.shape[0],), -math.inf, dtype=torch.float64, device=xb.device)
     lse2 = lse.clone()
-    q = model.encoder(xb)  # the proposal, computed once per batch
+    q = proposal_distribution(model, proposal, xb)  # computed once per batch
     passes = sample_passes(c, xb.shape[0], xb.device)
     for _ in range(K_eval // c):
         log_w = torch.cat([log_weights(model, xb, s, q, rsample=False).log_w for s in passes])  # (c, B)
@@ -149,14 +152,16 @@ def _batch_bounds(model: LatentVariableModel, xb: Tensor, K_eval: int, k_grid: l
 def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
                     k_grid: list[int] | None = None, batch_size: int = 100,
                     max_samples: int = 200_000, observe: Callable[[Tensor, torch.Generator], Tensor] | None = None,
-                    seed: int = 0, progress: bool = True) -> PointEstimates:
+                    seed: int = 0, progress: bool = True, proposal: str = "encoder") -> PointEstimates:
     """L_k for every k in ``k_grid`` (divisors of K_eval; K_eval is always included) on every
     test point, with ``batch_size`` points per pass and chunks of at most
     ``max_samples / batch_size`` samples. Seeded: the same seed gives the same numbers; the
     samples come from the ``evaluation`` stream of ``seed``. ``observe`` is the dataset's
     policy for what the model sees (``Dataset.observe``: for dynamically binarized data a
     fresh binarization of each test batch, as in Burda et al.), drawn from the
-    ``evaluation_binarization`` stream; None shows ``x`` as it is. A chunk that runs out of
+    ``evaluation_binarization`` stream; None shows ``x`` as it is. ``proposal`` is the
+    importance distribution: the encoder, or the prior (the lecture's naive Monte Carlo,
+    :func:`lvmbench.models.base.proposal_distribution`). A chunk that runs out of
     GPU memory is retried with half as many samples (the estimate stays valid; its random
     numbers then differ from an uninterrupted run)."""
     k_grid = sorted(set(k_grid or []) | {K_eval})
@@ -175,7 +180,7 @@ def estimate_bounds(model: LatentVariableModel, x: Tensor, K_eval: int = 5000,
                 xb = observe(xb, gen)
             while True:
                 try:
-                    b, e = _batch_bounds(model, xb, K_eval, k_grid, c)
+                    b, e = _batch_bounds(model, xb, K_eval, k_grid, c, proposal)
                     break
                 except torch.OutOfMemoryError:
                     if c == 1:
@@ -304,6 +309,13 @@ def bdmc_summary(est: PointEstimates, lower: np.ndarray, upper: np.ndarray,
     return out, order
 
 
+def trained_proposal(cell: Cell) -> str:
+    """The proposal a cell is evaluated with: the one its objective trained with (the prior
+    for ``prior_mc``, else the encoder), so that its ESS and bound curve are its estimator's;
+    a prior_mc cell's encoder was never trained."""
+    return make_objective(cell.objective_name, **cell.objective_options).proposal
+
+
 @holds_run("evaluate")
 def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), device: torch.device | str | None = None,
                  data_dir: str | None = None, out: str | Path | None = None, progress: bool = True,
@@ -322,11 +334,12 @@ def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), devic
         return result
     trained = load_trained(run, device=device, data_dir=data_dir)
     model, data, s = trained.model, trained.data, settings
+    proposal = trained_proposal(trained.cell)
     device = next(model.parameters()).device
     x_test = data.observe(data.test[: s.n_test or None], stream(s.seed, "evaluation_binarization")).to(device)
     est = estimate_bounds(model, x_test, s.K_eval, list(s.k_grid), s.batch_size, s.max_samples,
-                          seed=s.seed, progress=progress)
-    result = {"cell": trained.cell.id, "device": str(device), "settings": s.to_dict(),
+                          seed=s.seed, progress=progress, proposal=proposal)
+    result = {"cell": trained.cell.id, "device": str(device), "settings": s.to_dict(), "proposal": proposal,
               "active_units": active_units(model, data.train[: s.active_units_n].to(device), seed=s.seed)}
     if ais is None:
         result.update(summarize(est, s.ordering_threshold))
@@ -340,7 +353,7 @@ def evaluate_run(run: str | Path, settings: EvalSettings = EvalSettings(), devic
             with forked_rng(device, stream_seed(root, "sampling")):
                 z_sim, x_sim = model.sample(ais.bdmc_points)
             est_sim = estimate_bounds(model, x_sim, s.K_eval, list(s.k_grid), s.batch_size, s.max_samples,
-                                      seed=root, progress=progress)
+                                      seed=root, progress=progress, proposal=proposal)
             b = ais_log_px(model, x_sim, ais, root, z_exact=z_sim)
             result["bdmc"], sim_order = bdmc_summary(est_sim, b.log_px.numpy(), b.upper.numpy(),
                                                      s.ordering_threshold)
