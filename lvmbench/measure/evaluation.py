@@ -140,7 +140,7 @@ def _batch_bounds(model: LatentVariableModel, xb: Tensor, K_eval: int, k_grid: l
     q = proposal_distribution(model, proposal, xb)  # computed once per batch
     passes = sample_passes(c, xb.shape[0], xb.device)
     for _ in range(K_eval // c):
-        log_w = torch.cat([log_weights(model, xb, s, q, rsample=False).log_w for s in passes])  # (c, B)
+        log_w = torch.cat([log_weights(model, xb, s, proposal=q, rsample=False).log_w for s in passes])  # (c, B)
         for a in acc:
             a.update(log_w)
         lse = torch.logaddexp(lse, log_w.double().logsumexp(0))
