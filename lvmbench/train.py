@@ -204,7 +204,7 @@ def train_step(ensemble: Ensemble, x: Tensor, step: int, lr: float) -> Tensor:
     params = p["theta"] + p["phi"] + p["psi"]
     grads = [torch.zeros_like(q) if g is None else g for q, g in zip(params, grads)]
     # one pass per gradient: a NaN or Inf entry makes its member's sum non-finite (so do
-    # entries so large that the sum overflows, 1e33 and up: a divergence too)
+    # entries so large that their sum passes float32's 3.4e38: a divergence too)
     sums = torch.stack([bound.sum(-1), *(g.reshape(ens.E, -1).sum(1) for g in grads)])  # (1 + n_params, E)
     finite = torch.isfinite(sums).all(0)
     ens.diverged_at = torch.where(ens.alive & ~finite, t + 1, ens.diverged_at)  # the failing step, counted from 1
