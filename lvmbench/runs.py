@@ -115,6 +115,7 @@ class RunDir:
         """The training spec in ``cell.json``, checked against the path."""
         path = self.file("cell.json")
         if not path.exists():
+            self._refuse_if_training()
             raise LvmbenchError(f"{self.path} is not a run directory: no cell.json (write it with lvmbench train)")
         try:
             cell = Cell.from_dict(load_json(path))
@@ -267,6 +268,22 @@ class RunDir:
         except OSError:
             return "another process"
 
+    def _in_use(self, holders: list[str]) -> LvmbenchError:
+        return LvmbenchError(f"run directory {self.path} is in use by {'; '.join(holders)}; wait for it to "
+                             f"finish or stop it")
+
+    def _refuse_if_training(self) -> None:
+        """Refuse, naming the trainer, when a trainer holds the directory (one that has just
+        started holds it before it writes ``cell.json``)."""
+        lock = self.path / ".lock"
+        if not lock.exists():
+            return
+        with open(lock) as probe:
+            try:
+                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            except OSError:
+                raise self._in_use([self._holder(lock)]) from None
+
     def _measurers(self) -> list[str]:
         """The measurements holding their locks on this directory now."""
         held = []
@@ -301,8 +318,7 @@ class RunDir:
                         holders = self._measurers() or holders
                     except OSError:
                         pass
-            raise LvmbenchError(f"run directory {self.path} is in use by {'; '.join(holders)}; wait for it to "
-                                f"finish or stop it") from None
+            raise self._in_use(holders) from None
         if stake:
             handle.truncate(0)
             handle.write(_whoami(stake, self.path) + "\n")

@@ -255,6 +255,22 @@ def test_a_second_trainer_stops_naming_the_one_training(tmp_path, capsys):
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
 
 
+@pytest.mark.parametrize("argv", [["evaluate"], ["gradvar"], ["amortize"]], ids=lambda a: a[0])
+def test_a_measurement_of_a_run_a_trainer_has_just_taken_names_the_trainer(tmp_path, capsys, argv):
+    """A trainer holds the directory before it writes cell.json: a measurement started in
+    that window says the run is in use (the CI found this race), not that it is no run."""
+    run = tmp_path / "run"
+    holder = _holding(run, "train")
+    try:
+        assert not (run / "cell.json").exists()
+        _refused([*argv, str(run), "--quiet"], capsys, f"pid {holder.pid}", "(lvmbench train")
+    finally:
+        holder.kill()
+        holder.wait()
+    assert main(["evaluate", str(run), "--quiet"]) == 2
+    assert "no cell.json" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_measurements_share_a_run_but_not_with_a_trainer_or_themselves(tmp_path, capsys):
     """evaluate and gradvar run side by side on one run; a second evaluate, or a trainer,
