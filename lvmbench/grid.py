@@ -430,12 +430,20 @@ def _check_published_names(published: list[dict], *configs: dict) -> None:
 # ---------------------------------------------------------------------------------------
 # the plan
 # ---------------------------------------------------------------------------------------
+def _booleans_read(config: dict) -> dict:
+    """``config`` with "true"/"false" (any case) read as booleans for the top-level keys
+    that take them: Snakemake's ``--config compile=false`` passes the string."""
+    takes_bool = {f.name for f in fields(WorkflowSettings) if any(v is True for v in f.metadata.get("enum", ()))}
+    return {k: ({"true": True, "false": False}.get(v.lower(), v) if k in takes_bool and isinstance(v, str) else v)
+            for k, v in config.items()}
+
+
 def plan(config: dict) -> Plan:
     """Validate ``config`` (module docstring) and expand ``config["experiments"]`` (after its
     variant, if any) into valid cells, the skipped combinations with reasons, and each
     cell's measurement settings."""
     check_finite(config, "config")  # before the schema, whose number type takes NaN
-    base, config = config, resolve_variant(config)
+    base, config = config, _booleans_read(resolve_variant(config))
     check_schema(config)
     if config.get("published") is not None:
         check_published(config["published"])

@@ -94,6 +94,7 @@ CORPUS: dict[str, Case] = {
     "models an empty list": Case(exp(models=[]), ["models"]),
     "K repeated": Case(exp(K=[2, 2]), ["K"]),
     "train a list": Case(top(train=[1]), ["train"]),
+    "a boolean key given another word": Case(top(compile="sometimes"), ["config.compile", "sometimes"]),
     "dataset_options a list": Case(exp(dataset_options=[1]), ["dataset_options"]),
     "one dataset's options a list": Case(exp(dataset_options={"gmm2d": [1]}), ["gmm2d"]),
     "a variant a list": Case({**GOOD, "variants": {"short": [1]}, "variant": "short"}, ["variants"]),
@@ -266,6 +267,15 @@ def test_yaml_merge_keys_may_override(tmp_path, capsys):
                     "K: [1], estimators: [score]}\n    K: [2]\n")
     assert main(["plan", str(path)]) == 0, capsys.readouterr().err
     assert capsys.readouterr().out.split() == ["demo/gmm2d/gmm/iwae/K2/score/seed0"]
+
+
+@pytest.mark.parametrize("given, read", [("false", False), ("FALSE", False), ("True", True), (False, False),
+                                         ("auto", "auto")])
+def test_a_boolean_key_takes_true_and_false_as_words(given, read):
+    """Snakemake's ``--config compile=false`` passes the string 'false': it means False."""
+    from lvmbench.grid import plan
+
+    assert plan({**GOOD, "compile": given}).workflow.compile == read
 
 
 def _run(argv: list[str]) -> int:
