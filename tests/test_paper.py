@@ -106,3 +106,18 @@ def test_published_row_must_name_the_estimator_when_ambiguous():
     with pytest.raises(LvmbenchError, match="matches estimators \\['dreg', 'reparam'\\]: name one"):
         published_table([GOOD], summary, pd.DataFrame())
     assert published_table([{**GOOD, "estimator": "dreg"}], summary, pd.DataFrame()).iloc[0].reproduced_mean == 86.0
+
+
+def test_the_benchmarks_find_their_cells(monkeypatch):
+    """benchmarks/bench.py plans Table 1's 12 MNIST cells of burda2016 (full and short) and
+    the default config's small cells it bundles: a config change that breaks them (as a
+    published row of another experiment once did) fails here, not in a benchmark run."""
+    monkeypatch.syspath_prepend(str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import bench
+
+    for variant in (None, "short"):
+        cells = bench.burda_plan(variant).cells
+        assert len(cells) == 12 and {c.dataset for c in cells} == {"mnist"}
+        assert {(c.model, c.objective, c.K) for c in cells} == {
+            (m, o, K) for m in ("vae1", "vae2") for o in ("vae", "iwae") for K in (1, 5, 50)}
+    assert [c.id for c in bench.small_cells()] == list(bench.SMALL_CELLS)
