@@ -272,28 +272,31 @@ class RunDir:
         return LvmbenchError(f"run directory {self.path} is in use by {'; '.join(holders)}; wait for it to "
                              f"finish or stop it")
 
+    @staticmethod
+    def _taken(lock: Path, mode: int) -> bool:
+        """Whether another holder of ``lock`` keeps it from being flocked in ``mode`` now
+        (probed without waiting; a lock file that is missing or unreadable is not taken)."""
+        try:
+            probe = open(lock)
+        except OSError:
+            return False
+        with probe:
+            try:
+                fcntl.flock(probe, mode | fcntl.LOCK_NB)
+            except OSError:
+                return True
+        return False
+
     def _refuse_if_training(self) -> None:
         """Refuse, naming the trainer, when a trainer holds the directory (one that has just
         started holds it before it writes ``cell.json``)."""
         lock = self.path / ".lock"
-        if not lock.exists():
-            return
-        with open(lock) as probe:
-            try:
-                fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            except OSError:
-                raise self._in_use([self._holder(lock)]) from None
+        if self._taken(lock, fcntl.LOCK_SH):
+            raise self._in_use([self._holder(lock)])
 
     def _measurers(self) -> list[str]:
         """The measurements holding their locks on this directory now."""
-        held = []
-        for lock in sorted(self.path.glob(".*.lock")):
-            with open(lock, "a+") as handle:
-                try:
-                    fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                except OSError:
-                    held.append(self._holder(lock))
-        return held
+        return [self._holder(lock) for lock in sorted(self.path.glob(".*.lock")) if self._taken(lock, fcntl.LOCK_EX)]
 
     def _flock(self, lock: Path, mode: int, stake: str | None) -> IO | None:
         """``lock`` opened and flocked in ``mode`` without waiting, with the holder of a
@@ -311,13 +314,8 @@ class RunDir:
         except OSError:
             handle.close()
             holders = [self._holder(lock)]
-            if lock.name == ".lock" and mode == fcntl.LOCK_EX:  # a trainer, or measurements holding it shared
-                with open(lock, "a+") as probe:
-                    try:
-                        fcntl.flock(probe, fcntl.LOCK_SH | fcntl.LOCK_NB)
-                        holders = self._measurers() or holders
-                    except OSError:
-                        pass
+            if lock.name == ".lock" and mode == fcntl.LOCK_EX and not self._taken(lock, fcntl.LOCK_SH):
+                holders = self._measurers() or holders  # measurements hold it shared, not a trainer
             raise self._in_use(holders) from None
         if stake:
             handle.truncate(0)
